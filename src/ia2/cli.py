@@ -79,6 +79,11 @@ def add_exec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-batch-size", type=int, default=16)
     p.add_argument("--teacher-batch-size", type=int, default=8)
     p.add_argument("--no-save-adapters", action="store_true")
+    p.add_argument("--report-to", default="none", choices=["none", "tensorboard", "wandb"],
+                   help="training curves (train/dev loss per dev check); tensorboard logs go to OUT/tracking")
+    p.add_argument("--accelerate-config", default=None, metavar="NAME",
+                   help="re-run this command data-parallel under 'accelerate launch' with a packaged config "
+                        "(single, multi_gpu, fsdp) or an accelerate YAML file; see docs/scaling.md")
 
 
 def grid_overrides(args) -> dict:
@@ -122,20 +127,33 @@ def execute(cfg, args, resume: bool, claim: bool = False) -> tuple:
     from .pipeline import Runner, run_units
     from .store import Store
 
+    from .distributed import is_main, main_first
+
     units = cfg.units()
-    store = Store(args.out)
+    from .preflight import preflight  # every user error (data, labels, N, context) before any output
+    first_lm = preflight(units, args.out, args.device, args.dtype, resume=resume)
+    with main_first():  # several processes (accelerate launch / torchrun): the main one creates the store
+        store = Store(args.out)
     runner = Runner(store, device=args.device, dtype=args.dtype, log=lambda m: tqdm.write(m, file=sys.stderr),
                     eval_batch_size=args.eval_batch_size, teacher_batch_size=args.teacher_batch_size,
-                    save_adapters=not args.no_save_adapters)
-    bar = tqdm(total=len(units), desc="units", unit="unit", file=sys.stderr, dynamic_ncols=True)
+                    save_adapters=not args.no_save_adapters, report_to=getattr(args, "report_to", "none"))
+    runner.lm = first_lm  # loaded by the preflight; the first model the run needs
+    # disable=None: no bar when stderr is not a terminal (log files, tests), so an error stays one clean line.
+    bar = tqdm(total=len(units), desc="units", unit="unit", file=sys.stderr, dynamic_ncols=True,
+               disable=None if is_main() else True)
 
     def progress(unit, status):
         bar.set_postfix_str(f"{unit.task} N={unit.n} run={unit.run} {unit.method} {status}", refresh=False)
         bar.update(1)
 
     t0 = time.time()
-    stats = run_units(units, store, runner, resume=resume, claim=claim, progress=progress)
-    bar.close()
+    try:
+        stats = run_units(units, store, runner, resume=resume, claim=claim, progress=progress)
+    except BaseException:
+        bar.leave = False  # clear the bar: the error line that follows stands alone
+        raise
+    finally:
+        bar.close()
     stats["wall_s"] = round(time.time() - t0, 1)
     return units, store, stats
 
@@ -164,6 +182,9 @@ def cmd_run(args) -> int:
     cfg = RunConfig(**grid_overrides(args))
     cfg.adapter = adapter_overrides(args, cfg.adapter)
     units, store, stats = execute(cfg, args, resume=args.resume)
+    from .distributed import is_main
+    if not is_main():  # several processes: the main one reports
+        return 0
     uids = {u.uid() for u in units}
     rows = [r for r in store.rows() if r["uid"] in uids]
     rows.sort(key=lambda r: (r["task"], r["eval_task"] != r["task"], r["eval_task"], r["n"], r["run"],
@@ -172,7 +193,9 @@ def cmd_run(args) -> int:
     failed = [r for r in store.records() if r["uid"] in uids and r["status"] == "failed"]
     log(f"{stats['done']} units run, {stats['skipped']} reused, {len(failed)} failed in {stats['wall_s']}s; "
         f"results: {store.root / 'results.jsonl'}")
-    return 1 if failed and not rows else 0
+    if failed:  # the other units ran and were kept; a failed unit still makes the command fail
+        log(f"ia2: {len(failed)} unit(s) failed, recorded with status 'failed' (first: {failed[0]['error']})")
+    return 1 if failed else 0
 
 
 def cmd_tasks(args) -> int:
@@ -222,7 +245,7 @@ def cmd_sweep(args) -> int:
     units, store, stats = execute(cfg, args, resume=True, claim=args.claim or bool(args.worker_of))
     log(f"sweep: {stats['done']} run, {stats['skipped']} already done, {stats['failed']} failed, "
         f"{stats['claimed_elsewhere']} taken by other workers, {stats['wall_s']}s; store: {store.root}")
-    return 0
+    return 1 if stats["failed"] else 0  # failed units (e.g. a diverged loss) are recorded; the rest ran
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -259,19 +282,36 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _one_line(e: BaseException) -> str:
+    """An error message on one line, whatever text (file names, data) it quotes."""
+    return " ".join(str(e).splitlines()).strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
-    args = ap.parse_args(argv)
+    try:
+        args = ap.parse_args(argv)
+    except IA2Error as e:  # raised by an option's type (e.g. --n abc): one line, like every user error
+        if "--debug" in (sys.argv[1:] if argv is None else argv) or os.environ.get("IA2_DEBUG"):
+            raise
+        print(f"ia2: error: {_one_line(e)}", file=sys.stderr)
+        return 2
     debug = args.debug or bool(os.environ.get("IA2_DEBUG"))
     try:
+        if getattr(args, "accelerate_config", None):  # re-run under accelerate launch (ia2.distributed)
+            from .distributed import relaunch
+            return relaunch(args.accelerate_config, sys.argv[1:] if argv is None else list(argv))
+        if getattr(args, "bare", False):  # ia2 doctor: must work when torch/transformers are missing
+            return args.fn(args) or 0
         _setup_quiet()
         import torch
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        from .distributed import world_size
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size()))  # CPU processes share the cores
         return args.fn(args) or 0
     except IA2Error as e:
         if debug:
             raise
-        print(f"ia2: error: {e}", file=sys.stderr)
+        print(f"ia2: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ia2: interrupted (finished units are kept; run the same command to resume)", file=sys.stderr)
@@ -279,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 — one clear line, traceback with --debug
         if debug:
             raise
-        print(f"ia2: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
+        print(f"ia2: internal error: {type(e).__name__}: {_one_line(e)} (run with --debug for the traceback)",
+              file=sys.stderr)
         return 1
 
 

@@ -121,7 +121,7 @@ class RunConfig:
         for model in self.models:
             for task_name in self.tasks:
                 task = get_task(task_name)
-                evals = tuple(self.eval_tasks) if self.eval_tasks else (task.name, *task.ood)
+                evals = tuple(self.eval_tasks) if self.eval_tasks else (task_name, *task.ood)
                 g_max = 1 if task.kind == "single" else self.g_max
                 for n in self.n:
                     for run in self.runs:

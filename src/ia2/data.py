@@ -120,6 +120,8 @@ def _resolve(task: Task, split: str, notes: list[str]) -> tuple[str, str] | None
 def _rows_to_examples(task: Task, rows: list[dict], label_format: str, where: str) -> list[Example]:
     labels = task.label_strings(label_format) if task.kind == "single" else None
     fields = [f for _, f, _, _ in string.Formatter().parse(task.prompt) if f]
+    answer_fields = [task.label_field] if task.kind == "single" else \
+        [f for _, f, _, _ in string.Formatter().parse(task.answer) if f]
     out: list[Example] = []
     user_task = task.origin != "builtin"
     for i, raw in enumerate(rows):
@@ -129,6 +131,10 @@ def _rows_to_examples(task: Task, rows: list[dict], label_format: str, where: st
         missing = [f for f in fields if f not in row]
         if missing:
             raise IA2Error(f"{where}: row {i + 1} has no column '{missing[0]}' used in the prompt of task '{task.name}'",
+                           f"columns present: {', '.join(sorted(row))}")
+        missing = [f for f in answer_fields if f not in row]
+        if missing:
+            raise IA2Error(f"{where}: row {i + 1} has no column '{missing[0]}' used in the answer of task '{task.name}'",
                            f"columns present: {', '.join(sorted(row))}")
         query = task.prompt.format(**{k: row[k] for k in fields})
         if task.kind == "single":
@@ -161,6 +167,9 @@ def load_task_data(task: Task, label_format: str = "digits") -> TaskData:
         pool = _rows_to_examples(task, read_table(src.files["train"]), label_format, src.files["train"]) \
             if "train" in src.files else []
         ev = _rows_to_examples(task, read_table(src.files["eval"]), label_format, src.files["eval"])
+        if not ev:
+            raise IA2Error(f"{src.files['eval']}: no examples in the evaluation file of task '{task.name}'",
+                           "add rows: one JSON object per line (.jsonl) or rows under a header (.csv)")
         return TaskData(task, label_format, shuffled(pool)[:POOL_SIZE], shuffled(ev)[:EVAL_SIZE], notes)
 
     def examples(split: str) -> list[Example] | None:

@@ -24,3 +24,13 @@ class TrainingDiverged(IA2Error):
             "lower the learning rate (--lr) or check the task data",
         )
         self.stage, self.step, self.loss = stage, step, loss
+
+
+class DiskFull(IA2Error, OSError):
+    """No space left while saving. Nothing partial was left behind; also an ``OSError`` (errno ENOSPC)."""
+
+    def __init__(self, path):
+        super().__init__(f"disk full while writing {path}; nothing was left behind",
+                         "free some space and run the same command again (finished work is kept)")
+        self.errno = 28  # errno.ENOSPC
+        self.path = str(path)

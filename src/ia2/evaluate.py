@@ -9,7 +9,7 @@ import torch
 from . import metrics
 from .data import Example
 from .generation import greedy_decode
-from .prompts import left_pad, length_batches
+from .prompts import label_aliases, left_pad, length_batches
 from .tasks import Task
 from .tasks.parsers import cut_at_stop, get_parser
 
@@ -45,6 +45,9 @@ def score_single(model, tokenizer, prompts: list[list[int]], label_ids: list[int
     for idx, probs in next_token_probs_batches(model, tokenizer, prompts, batch_size):
         part = metrics.confidence_records(probs, label_ids, [gold[i] for i in idx])
         _merge(records, part, idx, len(prompts))
+    # A top-1 token that equals the label once stripped (e.g. " 1" for "1") is a correct prediction.
+    aliases = label_aliases(tokenizer, label_ids)
+    records["correct"] = [t in aliases[g] for t, g in zip(records["top1_id"], records["gold"])]
     return EvalResult(metrics.metrics_from_records(records), records)
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
+import io
 import json
 import os
 import shutil
@@ -15,22 +17,45 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import IA2Error
+from .errors import DiskFull, IA2Error
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT anywhere in the chain; writers such as safetensors wrap it in their own types."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(exc)
+        if "No space left on device" in text or "StorageFull" in text or "Disk quota exceeded" in text:
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling path; on success rename it onto ``path``, on failure delete it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if is_dir:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    else:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        tmp = Path(name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if is_dir:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        else:
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            tmp = Path(name)
+    except OSError as exc:
+        if _is_disk_full(exc):
+            raise DiskFull(path) from exc
+        raise
     try:
         yield tmp
+        # mkstemp/mkdtemp create private (0600/0700) entries; give the result the usual umask permissions.
+        os.chmod(tmp, (0o777 if is_dir else 0o666) & ~_UMASK)
         if is_dir and path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -39,9 +64,8 @@ def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno == 28:  # ENOSPC
-            raise IA2Error(f"disk full while writing {path}; nothing was left behind",
-                           "free some space and run the same command again (finished work is kept)") from exc
+        if not isinstance(exc, DiskFull) and _is_disk_full(exc):
+            raise DiskFull(path) from exc
         raise
 
 
@@ -74,8 +98,12 @@ def _json_default(o: Any) -> Any:
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a JSONL file; a malformed line is an error naming the file and the line number."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise IA2Error(f"{path}:{lineno}: not valid UTF-8 text", "save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
@@ -91,21 +119,34 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 
 def read_csv(path: str | os.PathLike) -> list[dict]:
-    """Read a CSV with a header; a row with the wrong number of fields is an error with its line."""
-    rows = []
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f)
+    """Read a CSV with a header; a bad row (field count, quoting, encoding) is an error with its line."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise IA2Error(f"{path}:{line}: not valid UTF-8 text", "save the file as UTF-8") from None
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    rows: list[dict] = []
+    header: list[str] | None = None
+    while True:
         try:
-            header = next(reader)
+            row = next(reader)
         except StopIteration:
-            raise IA2Error(f"{path}: empty CSV file", "add a header row and data rows") from None
-        for row in reader:
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise IA2Error(f"{path}:{reader.line_num}: malformed CSV row ({len(row)} fields, header has {len(header)})",
-                               "quote fields that contain commas")
-            rows.append(dict(zip(header, row)))
+            break
+        except csv.Error as e:
+            raise IA2Error(f"{path}:{reader.line_num}: malformed CSV ({e})", "fix the quoting on that line") from None
+        if header is None:
+            header = row
+            continue
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise IA2Error(f"{path}:{reader.line_num}: malformed CSV row ({len(row)} fields, header has {len(header)})",
+                           "quote fields that contain commas")
+        rows.append(dict(zip(header, row)))
+    if header is None:
+        raise IA2Error(f"{path}: empty CSV file", "add a header row and data rows")
     return rows
 
 
@@ -113,6 +154,8 @@ def read_table(path: str | os.PathLike) -> list[dict]:
     path = Path(path)
     if not path.exists():
         raise IA2Error(f"data file not found: {path}", "check the path (relative paths are resolved against the task YAML)")
+    if path.is_dir():
+        raise IA2Error(f"data path is a folder, not a file: {path}", "point the task's 'data' entries at .jsonl or .csv files")
     if path.suffix == ".csv":
         return read_csv(path)
     return read_jsonl(path)

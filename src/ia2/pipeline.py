@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from . import __version__, metrics
+from . import __version__, distributed, metrics
 from .adapters import attach, check_compatible, detach
 from .config import Unit
 from .data import Example, RunSplit, icl_demos_for_eval, load_task_data, make_split
@@ -89,8 +89,9 @@ class GroupContext:
                             u.label_format, u.n, u.run, u.g_max,
                             "full" if u.g_max == 1 else f"top{max(64, u.kd_top_k or 0)}")
             t0 = time.time()
-            self._targets = get_targets(self.lm.model, self.lm.tokenizer, key, self.pool, self.split, self.cache,
-                                        self.teacher_batch_size, log=self.log)
+            with distributed.main_first():  # several processes: main computes and caches, the others load
+                self._targets = get_targets(self.lm.model, self.lm.tokenizer, key, self.pool, self.split, self.cache,
+                                            self.teacher_batch_size, log=self.log)
             self.timing["teacher_s"] += time.time() - t0
             self.timing["targets_reused"] = self._targets.reused
         return self._targets
@@ -156,7 +157,7 @@ class GroupContext:
 def _row(unit: Unit, uid: str, es: EvalSet, res: EvalResult, extra: dict) -> dict:
     m = res.metrics
     return {"uid": uid, "model": unit.model, "task": unit.task, "eval_task": es.task.name,
-            "ood": es.task.name != unit.task, "label_format": unit.label_format, "method": unit.method,
+            "ood": es.task.name != get_task(unit.task).name, "label_format": unit.label_format, "method": unit.method,
             "n": unit.n, "run": unit.run, "lr": unit.lr, "ce_weight": unit.ce_weight,
             "labels": unit.labels if get_method(unit.method).trains else None,
             "acc": m.get("acc"), "ece": m.get("ece"), "ece_paper": m.get("ece_paper"),
@@ -173,19 +174,23 @@ class Runner:
     """Runs units into a store with one loaded model at a time; keeps the last group's context."""
 
     def __init__(self, store: Store, device=None, dtype=None, log=print, eval_batch_size: int = 16,
-                 teacher_batch_size: int = 8, save_adapters: bool = True):
+                 teacher_batch_size: int = 8, save_adapters: bool = True, report_to: str = "none"):
+        # Several processes (accelerate launch / torchrun): all train, only the main one logs, evaluates and writes.
+        log = log if distributed.is_main() else (lambda msg: None)
         self.store, self.device, self.dtype, self.log = store, device, dtype, log
         self.eval_batch_size, self.teacher_batch_size = eval_batch_size, teacher_batch_size
         self.save_adapters = save_adapters
+        self.report_to = distributed.check_report_to(report_to)  # none, tensorboard, wandb: training curves
         self.cache = TargetCache(store.root / "targets")
         self.lm: LoadedModel | None = None
         self.ctx: GroupContext | None = None
+        self._zero_shot: dict = {}
 
     def model(self, name: str) -> LoadedModel:
         if self.lm is None or self.lm.name != name:
-            self.lm, self.ctx = None, None
+            self.lm, self.ctx, self._zero_shot = None, None, {}
             t0 = time.time()
-            self.lm = load_model(name, self.device, self.dtype)
+            self.lm = load_model(name, self.device or distributed.device(), self.dtype)
             self.log(f"loaded {name} in {time.time() - t0:.1f}s on {self.lm.device}")
         return self.lm
 
@@ -212,15 +217,16 @@ class Runner:
         try:
             if method.trains:
                 record.update(self._train_and_eval(unit, uid, ctx, method))
-            else:
+            elif distributed.is_main():  # baselines: evaluated by the main process only
                 with_demos = unit.method == "icl"
                 for name, es in ctx.evals.items():
-                    key = ("zero-shot", name)
                     if with_demos:
                         res = ctx.eval_on(ctx.lm.model, name, True)
-                    else:  # zero-shot does not depend on the run: evaluate once per eval set
-                        res = ctx._memo.get(key) or ctx.eval_on(ctx.lm.model, name, False)
-                        ctx._memo[key] = res
+                    else:  # zero-shot does not depend on N or the run: evaluate once per eval set
+                        key = (unit.model, name, unit.label_format, unit.limit_eval, unit.g_max)
+                        if key not in self._zero_shot:
+                            self._zero_shot[key] = ctx.eval_on(ctx.lm.model, name, False)
+                        res = self._zero_shot[key]
                     record["results"].append(_row(unit, uid, es, res, {"asim": None, "asim_layers": None}))
                     record["predictions"][name] = _compact_predictions(res)
         except TrainingDiverged as e:
@@ -231,15 +237,24 @@ class Runner:
         if "train_s" in record:
             record["timing"]["train_s"] = record.pop("train_s")
             record["timing"]["eval_s"] = record.pop("eval_s")
-        self.store.write(record)
+        if distributed.is_main():
+            self.store.write(record)
         return record
 
     def _train_and_eval(self, unit: Unit, uid: str, ctx: GroupContext, method) -> dict:
         check_compatible(unit.adapter, unit.method, method.needs_activations)
         lm = ctx.lm
+        # Everything the frozen base computes happens before the adapter is attached: get_peft_model
+        # injects adapter layers into the base modules themselves.
+        ctx.targets()
+        for name in ctx.evals:
+            ctx.base_icl_acts(name)
         torch.manual_seed(unit.run)
         peft_model = attach(lm.model, unit.adapter)
         stages, results, preds = [], [], {}
+        tracker = distributed.open_tracker(self.report_to, self.store.root / "tracking",
+                                           f"{unit.task}-n{unit.n}-run{unit.run}-{unit.method}-lr{unit.lr:g}-{uid}",
+                                           unit.to_dict())  # None unless --report-to and main process
         try:
             t_train, teacher_s0 = time.time(), ctx.timing["teacher_s"]
             tcfg = TrainConfig(lr=unit.lr, batch_size=min(unit.batch_size, unit.n), max_epochs=unit.max_epochs,
@@ -247,9 +262,13 @@ class Runner:
             for stage in method.stages:
                 obj = stage_objective(stage, unit.labels, unit.ce_weight or 0.0, unit.kd_top_k)
                 train, dev = ctx.student_examples(obj.labels)
-                log = train_stage(peft_model, obj, train, dev, tcfg, lm.tokenizer.pad_token_id)
+                on_check = tracker.stage(f"{len(stages) + 1}-{obj.name}") if tracker else None
+                log = train_stage(peft_model, obj, train, dev, tcfg, lm.tokenizer.pad_token_id, on_check=on_check)
                 stages.append({**asdict(log), "labels": obj.labels})
             train_s = time.time() - t_train - ctx.timing["teacher_s"] + teacher_s0
+            if not distributed.is_main():  # other processes only help train; the main one evaluates and saves
+                return {"results": [], "predictions": {}, "train": {"stages": stages}, "adapter": None,
+                        "train_s": train_s, "eval_s": 0.0}
             t_eval = time.time()
             dev_acc = self._dev_acc(peft_model, ctx)
             for name, es in ctx.evals.items():
@@ -270,6 +289,8 @@ class Runner:
                                                            "ia2_version": __version__})
         finally:
             lm.model = detach(peft_model)
+            if tracker:
+                tracker.close()
         return {"results": results, "predictions": preds, "train": {"stages": stages},
                 "adapter": str(adapter_dir.relative_to(self.store.root)) if adapter_dir else None,
                 "train_s": train_s, "eval_s": eval_s}
@@ -293,7 +314,7 @@ def run_units(units: list[Unit], store: Store, runner: Runner, resume: bool = Tr
     for i in order:
         unit = units[i]
         uid = unit.uid()
-        if resume and store.has(uid):
+        if resume and distributed.agree(store.has(uid)):  # several processes: the main one's answer
             stats["skipped"] += 1
             if progress:
                 progress(unit, "skipped")
@@ -305,14 +326,20 @@ def run_units(units: list[Unit], store: Store, runner: Runner, resume: bool = Tr
             if claim and resume and store.has(uid):  # finished by another worker meanwhile
                 stats["skipped"] += 1
                 continue
+            main = distributed.is_main()
+            if main:
+                store.log_event("start", uid)
             rec = runner.run_unit(unit)
+            if main:
+                store.log_event(rec["status"], uid)
             stats["failed" if rec["status"] == "failed" else "done"] += 1
             if progress:
                 progress(unit, rec["status"])
         finally:
             if claim:
                 store.release(uid)
-    store.write_results()
+    if distributed.is_main():
+        store.write_results()
     return stats
 
 

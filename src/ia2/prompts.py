@@ -51,6 +51,26 @@ def label_token_ids(tokenizer, labels: tuple[str, ...], task_name: str) -> list[
     return ids
 
 
+_ALIASES: dict = {}
+
+
+def label_aliases(tokenizer, label_ids: list[int]) -> list[set[int]]:
+    """For each label token, every vocabulary token that decodes to the same string once stripped.
+
+    SPEC: the prediction is the top-1 token *stripped*, so ` 1` counts as the label `1`.
+    """
+    key = (id(tokenizer), tuple(label_ids))
+    if key not in _ALIASES:
+        wanted = {tokenizer.decode([t]).strip(): i for i, t in enumerate(label_ids)}
+        out = [{t} for t in label_ids]
+        for tok_id in range(len(tokenizer)):
+            text = tokenizer.decode([tok_id]).strip()
+            if text in wanted:
+                out[wanted[text]].add(tok_id)
+        _ALIASES[key] = out
+    return _ALIASES[key]
+
+
 def context_limit(model) -> int | None:
     cfg = model.config.get_text_config()
     return getattr(cfg, "max_position_embeddings", None)

@@ -7,6 +7,7 @@ Layout of a store folder: ``store.json`` (format version), ``records/<uid>.json`
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .errors import IA2Error
+from .errors import DiskFull, IA2Error
 from .io import write_json, write_jsonl
 
 STORE_FORMAT = 1
@@ -26,11 +27,14 @@ class Store:
         meta = self.root / "store.json"
         if meta.exists():
             try:
-                fmt = json.loads(meta.read_text()).get("format")
-            except (json.JSONDecodeError, OSError):
-                fmt = None
+                info = json.loads(meta.read_text())
+                fmt, version = info.get("format"), info.get("ia2_version", "unknown")
+            except (json.JSONDecodeError, OSError, AttributeError, UnicodeDecodeError):
+                raise IA2Error(f"{meta} is unreadable, so {self.root} cannot be used as a results store",
+                               "use a new --out folder (the records under records/ are plain JSON)") from None
             if fmt != STORE_FORMAT:
-                raise IA2Error(f"{self.root} holds a results store of format {fmt}, this ia2 writes format {STORE_FORMAT}",
+                raise IA2Error(f"{self.root} holds a results store of format {fmt} (written by ia2 {version}), "
+                               f"this ia2 ({__version__}) reads and writes format {STORE_FORMAT}",
                                "use a new --out folder, or the ia2 version that wrote it")
         elif create:
             if self.root.exists() and any(self.root.iterdir()) and not (self.root / "records").exists():
@@ -69,6 +73,33 @@ class Store:
         write_jsonl(path, sorted(self.rows(), key=lambda r: (r["model"], r["task"], r["n"], r["run"], r["eval_task"],
                                                               r["method"], r["lr"] or 0, r["ce_weight"] or 0)))
         return path
+
+    def log_event(self, event: str, uid: str) -> None:
+        """Append one line to ``units.log`` (an audit trail of which process ran which unit)."""
+        line = json.dumps({"event": event, "uid": uid, "host": socket.gethostname(), "pid": os.getpid(),
+                           "time": round(time.time(), 3)}) + "\n"
+        try:
+            fd = os.open(self.root / "units.log", os.O_CREAT | os.O_APPEND | os.O_WRONLY)
+            try:
+                os.write(fd, line.encode())
+            finally:
+                os.close(fd)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFull(self.root / "units.log") from e
+            raise
+
+    def events(self) -> list[dict]:
+        path = self.root / "units.log"
+        if not path.exists():
+            return []
+        out = []
+        for x in path.read_text().splitlines():
+            try:
+                out.append(json.loads(x))
+            except json.JSONDecodeError:  # a line cut short by a crash or a full disk
+                continue
+        return out
 
     # --- claims (parallel workers) --------------------------------------------------------------
     def claim(self, uid: str, stale_after: float = 6 * 3600) -> bool:

@@ -131,14 +131,16 @@ class TargetCache:
             if queries != expected_queries:
                 return None, "cached queries differ from the requested ones (data or tokenizer changed)"
             tensors = load_file(str(st))
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+            train, dev = [], []
+            for m in meta["examples"]:
+                p = f"{m['role']}.{m['i']}."
+                ex = TeacherExample(m["query_ids"], m["tokens"], tensors[p + "acts"], tensors[p + "logprobs"],
+                                    tensors.get(p + "top_ids"))
+                if ex.acts.dim() != 3 or ex.acts.shape[1] != len(ex.tokens) or ex.logprobs.shape[0] != len(ex.tokens):
+                    return None, "cached tensors do not match their token lists"
+                (train if m["role"] == "train" else dev).append(ex)
+        except Exception as e:  # noqa: BLE001 — any unreadable cache is recomputed, never trusted
             return None, f"cache unreadable ({type(e).__name__})"
-        train, dev = [], []
-        for m in meta["examples"]:
-            p = f"{m['role']}.{m['i']}."
-            ex = TeacherExample(m["query_ids"], m["tokens"], tensors[p + "acts"], tensors[p + "logprobs"],
-                                tensors.get(p + "top_ids"))
-            (train if m["role"] == "train" else dev).append(ex)
         return Targets(key, train, dev, reused=True), ""
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .adapters import load_trainable_state, trainable_state
+from .distributed import DataParallel
 from .errors import TrainingDiverged
 from .methods import Objective, StudentExample, make_batch
 
@@ -58,6 +59,10 @@ def train_stage(model, objective: Objective, train: list[StudentExample], dev: l
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=0.0)
+    # Several processes (accelerate/torchrun): DDP over shards of each batch, see ia2.distributed. None otherwise.
+    dp = DataParallel.create(model, opt)
+    if dp is not None:
+        opt = dp.optimizer
     bs = max(1, min(cfg.batch_size, len(train)))
     micro = max(1, min(cfg.micro_batch or bs, bs))
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -70,8 +75,10 @@ def train_stage(model, objective: Objective, train: list[StudentExample], dev: l
         nonlocal best_state, bad, last_check
         last_check = log.steps
         model.eval()
-        dev_loss = mean_loss(model, objective, dev_set, pad_id, micro)
+        dev_loss = dp.mean_loss(objective, dev_set, pad_id, micro) if dp else mean_loss(model, objective, dev_set, pad_id, micro)
         model.train()
+        if not math.isfinite(dev_loss):  # weights already broken by the last step: stop, never "restore" them
+            raise TrainingDiverged(objective.name, log.steps, dev_loss)
         log.curve.append({"step": log.steps, "epoch": epoch, "train_loss": train_loss, "dev_loss": dev_loss})
         if on_check:
             on_check(log.curve[-1])
@@ -91,13 +98,17 @@ def train_stage(model, objective: Objective, train: list[StudentExample], dev: l
             idx = order[start:start + bs]
             opt.zero_grad(set_to_none=True)
             batch_loss = 0.0
-            for m in range(0, len(idx), micro):
+            if dp is not None:  # every rank: its shard of the batch; the loss is the all-reduced batch mean
+                batch_loss = dp.backward(objective, [train[i] for i in idx], pad_id, micro)
+                if not math.isfinite(batch_loss):
+                    raise TrainingDiverged(objective.name, log.steps + 1, batch_loss)
+            for m in range(0, len(idx), micro) if dp is None else ():
                 chunk = [train[i] for i in idx[m:m + micro]]
                 loss = objective.per_example(model, make_batch(chunk, pad_id, device)).sum() / len(idx)
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(objective.name, log.steps + 1, float(loss))
                 loss.backward()
-                batch_loss += float(loss)
+                batch_loss += float(loss.detach())
             opt.step()
             log.steps += 1
             if log.steps % cfg.eval_every == 0 and check(epoch, batch_loss):
@@ -109,6 +120,8 @@ def train_stage(model, objective: Objective, train: list[StudentExample], dev: l
             log.stopped = "patience"
             break
     model.eval()
+    if dp is not None:
+        dp.close()
     if cfg.early_stop == "best" and best_state is not None:
         load_trainable_state(model, best_state)
     log.seconds = time.time() - t0

@@ -59,6 +59,8 @@ def load_task_yaml(path: str | Path) -> Task:
     if missing:
         raise IA2Error(f"{path}: missing field(s) {', '.join(missing)}",
                        "see the README's user-task example")
+    for key in ("prompt", "answer"):
+        _check_template(path, key, spec[key])
     data = spec["data"]
     if not isinstance(data, dict) or "eval" not in data:
         raise IA2Error(f"{path}: field 'data' must map splits to files and include 'eval'",
@@ -71,6 +73,12 @@ def load_task_yaml(path: str | Path) -> Task:
     kind = "single" if labels else "generative"
     if labels is not None and (not isinstance(labels, list) or not all(isinstance(x, str) for x in labels)):
         raise IA2Error(f"{path}: field 'labels' must be a list of strings", 'e.g. labels: ["0", "1"]')
+    word_labels = spec.get("word_labels")
+    if word_labels is not None and (not labels or not isinstance(word_labels, list)
+                                    or not all(isinstance(x, str) for x in word_labels)
+                                    or len(word_labels) != len(labels)):
+        raise IA2Error(f"{path}: field 'word_labels' must be a list of strings, one per entry of 'labels'",
+                       'e.g. labels: ["0", "1"] with word_labels: [" negative", " positive"]')
     parser = spec.get("parser")
     if kind == "generative":
         from .parsers import PARSERS
@@ -98,6 +106,22 @@ def load_task_yaml(path: str | Path) -> Task:
         parser=parser, max_new_tokens=int(spec.get("max_new_tokens", 200)),
         ood=tuple(spec.get("ood", ())), description=str(spec.get("description", "")), origin=str(path),
     )
+
+
+def _check_template(path: Path, key: str, text) -> None:
+    """A prompt/answer template: a string whose {fields} are plain column names."""
+    import string
+    if not isinstance(text, str):
+        raise IA2Error(f"{path}: field '{key}' must be a string", 'e.g. prompt: "Text:{text}\\nLabel:"')
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as e:
+        raise IA2Error(f"{path}: field '{key}' is not a valid template ({e})",
+                       "write columns as {column}; double a literal brace: {{ or }}") from None
+    for _, name, spec, conv in parsed:
+        if name is not None and (not name or name.isdigit() or "." in name or "[" in name or spec or conv):
+            raise IA2Error(f"{path}: field '{key}' uses {{{name}{'!' + conv if conv else ''}{':' + spec if spec else ''}}}, "
+                           "not a plain column name", "write columns as {column}; double a literal brace: {{ or }}")
 
 
 def eval_tasks_for(task: Task) -> list[Task]:

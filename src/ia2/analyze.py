@@ -1,0 +1,243 @@
+"""Analyses of a results store: LoRA subspace overlap between methods, and asim per layer.
+
+Overlap compares adapters that differ only in their method (same model, task, label format, N, run
+and learning rate), so a high overlap means the methods moved the same LoRA directions. asim is
+read from the records (computed at training time on ``asim_examples`` evaluation examples); with
+``examples`` set to another number it is recomputed from the saved adapters, which loads the model.
+Results go to ``<store>/analysis/`` where ``ia2 report`` picks them up.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import defaultdict
+from itertools import combinations
+from pathlib import Path
+
+from . import metrics
+from .errors import IA2Error
+from .io import write_json, write_text
+from .report import _column_order, column_title, load_records
+from .select import variant
+
+
+def _name(rec: dict) -> str:
+    u = rec["unit"]
+    v = variant(u["method"], u.get("labels"))
+    return v + (f" (w={u['ce_weight']:g})" if u.get("ce_weight") is not None else "")
+
+
+def _adapters(records: list[dict], root: Path) -> tuple[dict[tuple, list[tuple[str, Path]]], list[str]]:
+    """Saved LoRA adapters grouped by everything but the method; also the reasons some were skipped."""
+    groups, skipped = defaultdict(list), []
+    for rec in records:
+        u = rec.get("unit", {})
+        if rec.get("status") != "done" or u.get("lr") is None:
+            continue
+        path = root / rec["adapter"] / "adapter_model.safetensors" if rec.get("adapter") else None
+        if path is None or not path.exists():
+            skipped.append(f"{rec['uid']}: no saved adapter")
+        elif u["adapter"]["kind"] != "lora":
+            skipped.append(f"{rec['uid']}: {u['adapter']['kind']} adapter (overlap needs LoRA)")
+        else:
+            key = (u["model"], u["label_format"], u["task"], u["n"], u["run"], u["lr"],
+                   json.dumps(u["adapter"], sort_keys=True))
+            groups[key].append((_name(rec), path))
+    return groups, skipped
+
+
+def _module_type(key: str) -> str:
+    parts = key.split(".")
+    return parts[parts.index("lora_B") - 1] if "lora_B" in parts else "?"
+
+
+def _pair_overlap(a: dict, b: dict) -> dict:
+    """Mean overlap over all LoRA B matrices, and per module type (q_proj, k_proj, ...)."""
+    res = metrics.adapter_overlap(a, b)
+    by_type = defaultdict(list)
+    for k, v in res["per_module"].items():
+        if not math.isnan(v):
+            by_type[_module_type(k)].append(v)
+    return {"mean": res["mean"], "by_module": {t: statistics.fmean(v) for t, v in sorted(by_type.items())},
+            "modules": len(res["per_module"])}
+
+
+def lora_overlap(records: list[dict], root: Path) -> dict:
+    """Overlap for every pair of methods in each group, then mean (std) over runs."""
+    from safetensors.torch import load_file
+
+    groups, skipped = _adapters(records, root)
+    per_run = defaultdict(list)
+    for (model, fmt, task, n, run, lr, _), items in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        items = sorted(items, key=lambda it: _column_order(it[0]))
+        states = {name: load_file(str(path)) for name, path in items}
+        for a, b in combinations([name for name, _ in items], 2):
+            res = _pair_overlap(states[a], states[b])
+            per_run[(model, fmt, task, n, lr, a, b)].append({"run": run, **res})
+    pairs = []
+    for (model, fmt, task, n, lr, a, b), rs in per_run.items():
+        finite = [r["mean"] for r in rs if not math.isnan(r["mean"])]
+        types = sorted({t for r in rs for t in r["by_module"]})
+        pairs.append({"model": model, "label_format": fmt, "task": task, "n": n, "lr": lr, "a": a, "b": b,
+                      "overlap": statistics.fmean(finite) if finite else None,
+                      "std": statistics.stdev(finite) if len(finite) > 1 else None, "runs": len(rs),
+                      "by_module": {t: statistics.fmean([r["by_module"][t] for r in rs if t in r["by_module"]])
+                                    for t in types},
+                      "per_run": rs})
+    return {"definition": "for each LoRA B matrix U = left singular vectors; overlap = ||U_a^T U_b||_F^2 / r; "
+                          "averaged over layers and modules, then over runs",
+            "pairs": pairs, "skipped": skipped}
+
+
+def _f(x, nd: int = 3) -> str:
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+_FORMULA = "||U_a^T U_b||_F^2 / r"
+
+
+def overlap_markdown(res: dict) -> str:
+    types = sorted({t for p in res["pairs"] for t in p["by_module"]})
+    lines = ["# LoRA subspace overlap", "",
+             f"Definition: {res['definition'].replace(_FORMULA, f'`{_FORMULA}`')}. Pairs share model, label format, task, N, run, learning rate "
+             "and adapter settings. 1 = same subspace, about r/d for random ones.", "",
+             "| model | format | task | N | lr | a | b | overlap (std) | runs | " + " | ".join(types) + " |",
+             "|---|---|---|---:|---:|---|---|---:|---:|" + "---:|" * len(types)]
+    for p in res["pairs"]:
+        cell = _f(p["overlap"]) + (f" ({_f(p['std'])})" if p["std"] is not None else "")
+        lines.append(f"| {p['model']} | {p['label_format']} | {p['task']} | {p['n']} | {p['lr']:g} | "
+                     f"{column_title(p['a'])} | {column_title(p['b'])} | {cell} | {p['runs']} | "
+                     + " | ".join(_f(p["by_module"].get(t)) for t in types) + " |")
+    if not res["pairs"]:
+        lines.append("\nNo pair of saved LoRA adapters shares (model, task, N, run, lr).")
+    if res["skipped"]:
+        lines += ["", f"Skipped {len(res['skipped'])} adapter(s): " + "; ".join(res["skipped"][:10])]
+    return "\n".join(lines) + "\n"
+
+
+# --- asim ---------------------------------------------------------------------------------------------------
+def _stored_count(rec: dict, row: dict) -> int:
+    return min(rec["unit"].get("asim_examples") or 0, row.get("n_eval") or 0)
+
+
+def stored_asim(records: list[dict]) -> dict[tuple, dict]:
+    """(uid, eval_task) -> asim as stored at training time."""
+    out = {}
+    for rec in records:
+        if rec.get("status") != "done":
+            continue
+        for row in rec.get("results", []):
+            if row.get("asim") is not None:
+                out[(rec["uid"], row["eval_task"])] = {"asim": row["asim"], "layers": row.get("asim_layers") or [],
+                                                       "examples": _stored_count(rec, row), "source": "stored"}
+    return out
+
+
+def recompute_asim(records: list[dict], root: Path, examples: int | None, device=None, force: bool = False,
+                   log=print) -> dict[tuple, dict]:
+    """asim of saved adapters on ``examples`` eval examples (None: the unit's own asim_examples).
+
+    Only units whose stored count differs are recomputed unless ``force``. Loads each model once.
+    """
+    import peft
+
+    from .adapters import detach
+    from .config import Unit
+    from .pipeline import Runner
+    from .store import Store
+
+    todo = [r for r in records if r.get("status") == "done" and r.get("adapter") and r["unit"].get("lr") is not None
+            and (force or any(_stored_count(r, row) != min(examples or 0, row.get("n_eval") or 0)
+                              for row in r.get("results", [])))]
+    runner = Runner(Store(root, create=False), device=device, log=log, save_adapters=False)
+    out = {}
+    for rec in sorted(todo, key=lambda r: (r["unit"]["model"], str(Unit.from_dict(r["unit"]).group))):
+        unit = Unit.from_dict({**rec["unit"], "asim_examples": examples or rec["unit"]["asim_examples"]})
+        ctx = runner.context(unit)
+        for name in ctx.evals:  # the frozen base with ICL, memoised BEFORE any adapter is injected:
+            ctx.base_icl_acts(name)  # PEFT patches the base model's modules in place
+        model = peft.PeftModel.from_pretrained(ctx.lm.model, str(root / rec["adapter"]))
+        try:
+            for name in ctx.evals:
+                ours = ctx.asim_acts(model, name, False)
+                per_ex = [metrics.activation_similarity(a, b) for a, b in zip(ctx.base_icl_acts(name), ours)]
+                asim, layers = metrics.asim_summary(per_ex)
+                out[(rec["uid"], name)] = {"asim": asim, "layers": layers, "examples": len(per_ex),
+                                           "source": "recomputed"}
+        finally:
+            ctx.lm.model = detach(model)
+    return out
+
+
+def asim_summary(records: list[dict], values: dict[tuple, dict]) -> dict:
+    """Mean over runs of asim and its layer profile per (model, format, N, source, eval, method, lr, w)."""
+    by_uid = {r["uid"]: r for r in records}
+    groups = defaultdict(list)
+    for (uid, eval_task), v in values.items():
+        rec, u = by_uid[uid], by_uid[uid]["unit"]
+        groups[(u["model"], u["label_format"], u["n"], u["task"], eval_task, _name(rec), u["lr"])].append(v)
+    rows = []
+    for (model, fmt, n, task, eval_task, name, lr), vs in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        layer_sets = [v["layers"] for v in vs if v["layers"]]
+        same = layer_sets and len({len(x) for x in layer_sets}) == 1
+        rows.append({"model": model, "label_format": fmt, "n": n, "task": task, "eval_task": eval_task,
+                     "method": name, "lr": lr, "runs": len(vs), "asim": statistics.fmean(v["asim"] for v in vs),
+                     "std": statistics.stdev([v["asim"] for v in vs]) if len(vs) > 1 else None,
+                     "layers": [statistics.fmean(col) for col in zip(*layer_sets)] if same else [],
+                     "examples": sorted({v["examples"] for v in vs}), "source": sorted({v["source"] for v in vs})})
+    return {"definition": "cosine similarity over d between the base model WITH demonstrations and the adapter "
+                          "WITHOUT them, at output positions, per layer; averaged over examples, then layers",
+            "rows": rows, "per_method": _per_method(rows)}
+
+
+def _per_method(rows: list[dict]) -> list[dict]:
+    by = defaultdict(list)
+    for r in rows:
+        by[(r["model"], r["method"])].append(r)
+    out = []
+    for (model, method), rs in sorted(by.items(), key=lambda kv: (kv[0][0], _column_order(kv[0][1]))):
+        layer_sets = [r["layers"] for r in rs if r["layers"]]
+        same = layer_sets and len({len(x) for x in layer_sets}) == 1
+        out.append({"model": model, "method": method, "rows": len(rs), "asim": statistics.fmean(r["asim"] for r in rs),
+                    "layers": [statistics.fmean(c) for c in zip(*layer_sets)] if same else []})
+    return out
+
+
+def _layers_text(layers: list[float]) -> str:
+    return " ".join(f"{x:.2f}" for x in layers) if layers else "-"
+
+
+def asim_markdown(res: dict) -> str:
+    lines = ["# Activation similarity with ICL (asim)", "", f"Definition: {res['definition']}.", "",
+             "| model | method | rows | asim | per layer |", "|---|---|---:|---:|---|"]
+    lines += [f"| {p['model']} | {column_title(p['method'])} | {p['rows']} | {p['asim']:.3f} | "
+              f"{_layers_text(p['layers'])} |" for p in res["per_method"]]
+    lines += ["", "| model | format | N | source | eval | method | lr | asim (std) | runs | examples | per layer |",
+              "|---|---|---:|---|---|---|---:|---:|---:|---|---|"]
+    for r in res["rows"]:
+        cell = f"{r['asim']:.3f}" + (f" ({r['std']:.3f})" if r["std"] is not None else "")
+        lines.append(f"| {r['model']} | {r['label_format']} | {r['n']} | {r['task']} | {r['eval_task']} | "
+                     f"{column_title(r['method'])} | {r['lr']:g} | {cell} | {r['runs']} | "
+                     f"{','.join(map(str, r['examples']))} ({'/'.join(r['source'])}) | {_layers_text(r['layers'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def analyze(store_dir: str | Path, examples: int | None = None, recompute: bool = False, device=None,
+            log=print) -> Path:
+    """Write overlap.{json,md} and asim.{json,md} under ``<store>/analysis``; returns that folder."""
+    store, records = load_records(store_dir)
+    if examples is not None and examples < 1:
+        raise IA2Error(f"--examples must be at least 1, got {examples}", "e.g. --examples 100")
+    out = store.root / "analysis"
+    ov = lora_overlap(records, store.root)
+    write_json(out / "overlap.json", ov)
+    write_text(out / "overlap.md", overlap_markdown(ov))
+    values = stored_asim(records)
+    if examples is not None or recompute:
+        values.update(recompute_asim(records, store.root, examples, device=device, force=recompute, log=log))
+    res = asim_summary(records, values)
+    write_json(out / "asim.json", {"examples": examples, "recomputed": recompute, **res})
+    write_text(out / "asim.md", asim_markdown(res))
+    return out

@@ -1,0 +1,29 @@
+"""``ia2 analyze DIR``: LoRA subspace overlap between methods and asim per layer, into DIR/analysis."""
+
+from __future__ import annotations
+
+import sys
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("analyze", help="LoRA subspace overlap between methods; asim per layer",
+                              description="Compare saved adapters of different methods (same model, task, N, run, "
+                                          "lr) and summarise activation similarity with ICL. Results go to "
+                                          "DIR/analysis, which ia2 report includes.")
+    p.add_argument("store", metavar="DIR", help="results store (the --out folder of ia2 run / sweep)")
+    p.add_argument("--examples", type=int, default=None,
+                   help="evaluation examples for asim; when it differs from what was stored at training time, "
+                        "asim is recomputed from the saved adapters (loads the model). Default: use stored values")
+    p.add_argument("--recompute", action="store_true",
+                   help="recompute asim for every saved adapter, even where the stored count matches")
+    p.add_argument("--device", default=None, help="device for recomputing asim (default: cuda if present)")
+    p.set_defaults(fn=cmd_analyze)
+
+
+def cmd_analyze(args) -> int:
+    from .analyze import analyze
+
+    out = analyze(args.store, examples=args.examples, recompute=args.recompute, device=args.device,
+                  log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(f"analysis: {out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,411 @@
+"""Paper-layout tables, the IA2 -> SFT vs SFT summary, plots and an index, from a results store.
+
+Numbers are read from the store's records only (nothing is recomputed), after one configuration per
+cell has been chosen by :mod:`ia2.select`. The selection rule is printed in the header and in every
+caption, so a table made with the evaluation-set rule can never pass for a dev-selected one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import __version__, metrics
+from .errors import IA2Error
+from .io import write_json, write_text
+from .select import Selection, done_rows, rule_label, select
+from .store import Store
+
+TITLES = {"zero-shot": "Zero-shot", "icl": "ICL", "sft": "SFT only", "kd": "KD", "ia2": "IA2 only",
+          "ia2-then-sft": "IA2 -> SFT", "ia2+sft": "IA2 + SFT", "sft-then-ia2": "SFT -> IA2"}
+CORE = ("icl", "sft", "ia2", "ia2-then-sft", "ia2+sft")  # always shown, as in the paper
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    title: str
+    scale: float
+    decimals: int
+    higher_better: bool
+    definition: str
+
+
+METRICS = (
+    Metric("acc", "Accuracy (%)", 100.0, 1, True,
+           "accuracy: the top-1 next token over the full vocabulary equals the label"),
+    Metric("ece", "ECE (standard)", 1.0, 2, False,
+           "ECE (standard): confidence = top-1 probability over the full vocabulary, 15 equal-width bins"),
+    Metric("ece_paper", "ECE (paper)", 1.0, 2, False,
+           "ECE (paper): confidence = top-1 probability renormalised over the top-10 tokens, 15 equal-mass bins"),
+    Metric("label_acc", "Label-set accuracy (%)", 100.0, 1, True,
+           "label-set accuracy: argmax over the label tokens only equals the label"),
+)
+METRIC = {m.key: m for m in METRICS}
+
+
+def column_title(var: str) -> str:
+    base, _, rest = var.partition(" ")
+    return TITLES.get(base, base) + (f" {rest}" if rest else "")
+
+
+def _column_order(var: str) -> tuple:
+    base = var.split(" ")[0]
+    return (list(TITLES).index(base) if base in TITLES else len(TITLES), var)
+
+
+# --- tables ---------------------------------------------------------------------------------------
+@dataclass
+class Table:
+    """One (model, label format, N): rows are (source, eval) pairs, columns are methods."""
+
+    model: str
+    label_format: str
+    n: int
+    rows: list[tuple[str, str, bool]] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)
+    cells: dict[tuple, dict[str, Selection]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}, {self.label_format} labels, N={self.n}"
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9._+-]+", "-", f"{self.model}_{self.label_format}_N{self.n}").strip("-")
+
+    def cell(self, row: tuple, var: str) -> Selection | None:
+        return self.cells.get(row[:2], {}).get(var)
+
+    def runs(self) -> list[int]:
+        return sorted({r["run"] for c in self.cells.values() for s in c.values() for r in s.rows})
+
+
+def _task_rank(name: str) -> tuple:
+    from .tasks import REGISTRY
+    return (list(REGISTRY).index(name) if name in REGISTRY else len(REGISTRY), name)
+
+
+def build_tables(selections: list[Selection]) -> list[Table]:
+    """Group selections into tables; rows grouped by source task, in-distribution row first."""
+    tables: dict[tuple, Table] = {}
+    for s in selections:
+        t = tables.setdefault(s.table_key, Table(*s.table_key))
+        t.cells.setdefault(s.row_key, {})[s.variant] = s
+        if (s.task, s.eval_task, s.ood) not in t.rows:
+            t.rows.append((s.task, s.eval_task, s.ood))
+        if s.variant not in t.columns:
+            t.columns.append(s.variant)
+    for t in tables.values():
+        t.rows.sort(key=lambda r: (_task_rank(r[0]), r[2], _task_rank(r[1])))
+        t.columns = sorted(set(t.columns) | set(CORE), key=_column_order)
+    return [tables[k] for k in sorted(tables, key=lambda k: (k[0], k[1], k[2]))]
+
+
+def values(sel: Selection | None, metric: str) -> list[float]:
+    """Per-run values of a metric (scaled as displayed); empty when the metric does not apply."""
+    if sel is None:
+        return []
+    vals = [r.get(metric) for r in sel.rows]
+    if any(v is None or math.isnan(v) for v in vals):
+        return []
+    return [v * METRIC[metric].scale for v in vals]
+
+
+def mean_std(vals: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (ddof=1) over runs; std is None for a single run."""
+    if not vals:
+        return None, None
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
+
+
+def cell_text(vals: list[float], decimals: int) -> str:
+    m, s = mean_std(vals)
+    if m is None:
+        return "-"
+    return f"{m:.{decimals}f}" + (f" ({s:.{decimals}f})" if s is not None else "")
+
+
+def best_columns(table: Table, row: tuple, metric: Metric) -> set[str]:
+    """Columns with the best displayed mean in a row (ties on the rounded value all count as best)."""
+    shown = {}
+    for var in table.columns:
+        m, _ = mean_std(values(table.cell(row, var), metric.key))
+        if m is not None:
+            shown[var] = round(m, metric.decimals)
+    if len(set(shown.values())) < 2:
+        return set()  # nothing stands out when every method shows the same number
+    best = max(shown.values()) if metric.higher_better else min(shown.values())
+    return {v for v, x in shown.items() if x == best}
+
+
+def caption(table: Table, metric: Metric, rule: str) -> str:
+    runs = table.runs()
+    return (f"{metric.title} — {table.name}. Mean (std) over {len(runs)} run(s) ({', '.join(map(str, runs))}); "
+            f"{rule_label(rule)}. {metric.definition[0].upper() + metric.definition[1:]}. "
+            f"`*` = out of distribution; bold = best in row. "
+            "Trained adapters are evaluated without demonstrations; ICL uses N-1 of them.")
+
+
+def _grid(table: Table, metric: Metric) -> list[list[tuple[str, bool]]]:
+    """Text and bold flag of every cell, in row and column order (first two: source, eval)."""
+    out, prev = [], None
+    for row in table.rows:
+        best = best_columns(table, row, metric)
+        src = row[0] if row[0] != prev else ""
+        prev = row[0]
+        out.append([(src, False), (row[1] + ("*" if row[2] else ""), False)] +
+                   [(cell_text(values(table.cell(row, v), metric.key), metric.decimals), v in best)
+                    for v in table.columns])
+    return out
+
+
+def markdown_table(table: Table, metric: Metric, rule: str) -> str:
+    head = ["source", "eval"] + [column_title(v) for v in table.columns]
+    lines = [f"**{caption(table, metric, rule)}**", "", "| " + " | ".join(head) + " |",
+             "|" + "|".join(["---"] * 2 + ["---:"] * len(table.columns)) + "|"]
+    for cells in _grid(table, metric):
+        lines.append("| " + " | ".join(f"**{t}**" if b else t for t, b in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def hparam_markdown(table: Table, rule: str) -> str:
+    """Which learning rate (and w) each cell reports, and on what it was chosen."""
+    head = ["source", "eval"] + [column_title(v) for v in table.columns]
+    lines = [f"**Chosen hyper-parameters — {table.name}; {rule_label(rule)}.**", "",
+             "| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    for row in table.rows:
+        cells = []
+        for v in table.columns:
+            s = table.cell(row, v)
+            cells.append("-" if s is None or s.lr is None else
+                         f"lr={s.lr:g}" + (f", w={s.ce_weight:g}" if s.ce_weight is not None else "")
+                         + f" ({s.criterion})")
+        lines.append("| " + " | ".join([row[0], row[1] + ("*" if row[2] else "")] + cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def table_markdown(table: Table, rule: str) -> str:
+    parts = [f"# {table.name}\n", f"Selection: **{rule_label(rule)}**.\n"]
+    parts += [markdown_table(table, m, rule) for m in METRICS]
+    parts.append(hparam_markdown(table, rule))
+    return "\n".join(parts)
+
+
+CSV_HEAD = ["model", "label_format", "n", "selected_on", "source_task", "eval_task", "ood", "metric"]
+
+
+def table_csv(table: Table, rule: str) -> str:
+    """Long-by-metric, wide-by-method CSV with unrounded means (acc in %), std and chosen lr / w."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(CSV_HEAD + [f"{v}{s}" for v in table.columns for s in ("", " std")])
+    for row in table.rows:
+        base = [table.model, table.label_format, table.n, rule, row[0], row[1], int(row[2])]
+        for m in METRICS:
+            stats = [mean_std(values(table.cell(row, v), m.key)) for v in table.columns]
+            w.writerow(base + [m.key + ("_pct" if m.scale == 100 else "")] +
+                       ["" if x is None else f"{x:.10g}" for ms in stats for x in ms])
+        for hp in ("lr", "ce_weight"):
+            sels = [table.cell(row, v) for v in table.columns]
+            w.writerow(base + [hp] + [x for s in sels for x in
+                                      ("" if s is None or getattr(s, hp) is None else f"{getattr(s, hp):g}", "")])
+    return buf.getvalue()
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "`": "", "—": "---"}
+
+
+def _tex(text: str) -> str:
+    """Escape plain text for LaTeX; a lone "-" (missing cell) becomes an en dash, "->" an arrow."""
+    if text == "-":
+        return "--"
+    return "".join(_TEX.get(ch, ch) for ch in text).replace("->", r"$\rightarrow$")
+
+
+def latex_table(table: Table, metric: Metric, rule: str) -> str:
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{_tex(caption(table, metric, rule))}}}",
+             r"\begin{tabular}{ll" + "r" * len(table.columns) + "}", r"\toprule",
+             " & ".join(["Source", "Eval"] + [_tex(column_title(v)) for v in table.columns]) + r" \\", r"\midrule"]
+    for i, cells in enumerate(_grid(table, metric)):
+        if i and cells[0][0]:
+            lines.append(r"\midrule")
+        lines.append(" & ".join(rf"\textbf{{{_tex(t)}}}" if b else _tex(t) for t, b in cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def table_latex(table: Table, rule: str) -> str:
+    head = f"% {table.name}; {rule_label(rule)}. Requires \\usepackage{{booktabs}}.\n"
+    return head + "\n".join(latex_table(table, m, rule) for m in METRICS)
+
+
+# --- summary: IA2 -> SFT vs SFT only -----------------------------------------------------------------
+def _pairs(tables: list[Table], a: str, b: str, metric: str) -> tuple[list[float], list[float], list[tuple]]:
+    """(run, row) pairs where both methods have the metric: per-run values and per-row means."""
+    xa, xb, rows = [], [], []
+    for t in tables:
+        for row in t.rows:
+            sa, sb = t.cell(row, a), t.cell(row, b)
+            va, vb = values(sa, metric), values(sb, metric)
+            if not va or not vb:
+                continue
+            ra = {r["run"]: v for r, v in zip(sa.rows, va)}
+            rb = {r["run"]: v for r, v in zip(sb.rows, vb)}
+            for run in sorted(set(ra) & set(rb)):
+                xa.append(ra[run])
+                xb.append(rb[run])
+            rows.append((t.slug, row[0], row[1], statistics.fmean(va), statistics.fmean(vb)))
+    return xa, xb, rows
+
+
+def compare(tables: list[Table], a: str = "ia2-then-sft", b: str = "sft") -> dict:
+    """Row wins (mean over runs; lower ECE wins) and a paired t-test over (run, row) pairs."""
+    out = {"a": a, "b": b}
+    for key in ("acc", "ece", "ece_paper"):
+        xa, xb, rows = _pairs(tables, a, b, key)
+        better = (lambda u, v: u > v) if METRIC[key].higher_better else (lambda u, v: u < v)
+        out[key] = {"rows": len(rows), "wins": sum(better(r[3], r[4]) for r in rows),
+                    "ties": sum(r[3] == r[4] for r in rows),
+                    "losses": sum(better(r[4], r[3]) for r in rows),
+                    "ttest": metrics.paired_ttest(xa, xb)}
+    return out
+
+
+def summarise(tables: list[Table]) -> dict:
+    pairs = [("ia2-then-sft", "sft")]
+    if any("sft (ICL labels)" in t.columns and "ia2-then-sft (ICL labels)" in t.columns for t in tables):
+        pairs.append(("ia2-then-sft (ICL labels)", "sft (ICL labels)"))
+    scopes = ([("all tables", tables)] if len(tables) > 1 else []) + [(t.name, [t]) for t in tables]
+    return {"comparisons": [{"scope": scope, **compare(ts, a, b)} for a, b in pairs for scope, ts in scopes]}
+
+
+def _fmt_test(tt: dict) -> str:
+    if tt["n"] == 0:
+        return "-"
+    t = "n/a" if math.isnan(tt["t"]) else f"{tt['t']:.2f}"
+    p = "n/a" if math.isnan(tt["p"]) else f"{tt['p']:.3g}"
+    return f"t={t}, p={p}, n={tt['n']}, mean diff={tt['mean_diff']:+.3g}"
+
+
+def summary_markdown(summary: dict, rule: str) -> str:
+    lines = [f"Row counts compare means over runs; t-tests pair the same run of the same row "
+             f"(a - b; accuracy in %, ECE lower is better). Selection: {rule_label(rule)}.", "",
+             "| a vs b | scope | metric | rows | a better | ties | a worse | paired t-test |",
+             "|---|---|---|---:|---:|---:|---:|---|"]
+    for c in summary["comparisons"]:
+        for key in ("acc", "ece", "ece_paper"):
+            s = c[key]
+            lines.append(f"| {column_title(c['a'])} vs {column_title(c['b'])} | {c['scope']} | {key} | {s['rows']} | "
+                         f"{s['wins']} | {s['ties']} | {s['losses']} | {_fmt_test(s['ttest'])} |")
+    return "\n".join(lines) + "\n"
+
+
+# --- orchestration ---------------------------------------------------------------------------------------
+def load_records(store_dir: str | Path) -> tuple[Store, list[dict]]:
+    """Open an existing store (never creates one) and check that it has finished records."""
+    root = Path(store_dir)
+    if not root.is_dir():
+        raise IA2Error(f"{root} does not exist or is not a folder", "pass the folder given to ia2 run/sweep --out")
+    store = Store(root, create=False)
+    records = store.records()
+    if not any(r.get("status") == "done" for r in records):
+        raise IA2Error(f"{root} has no finished records ({len(records)} record(s), none done)",
+                       "run ia2 run or ia2 sweep with --out pointing here first")
+    return store, records
+
+
+def write_tables(tables: list[Table], rule: str, out: Path) -> list[dict]:
+    files = []
+    for t in tables:
+        paths = {ext: out / f"table_{t.slug}.{ext}" for ext in ("md", "csv", "tex")}
+        write_text(paths["md"], table_markdown(t, rule))
+        write_text(paths["csv"], table_csv(t, rule))
+        write_text(paths["tex"], table_latex(t, rule))
+        files.append({"table": t, **{k: p.name for k, p in paths.items()}})
+    return files
+
+
+def selection_csv(selections: list[Selection], rule: str) -> str:
+    """Every candidate of every trained cell with its means and whether it was chosen (audit trail)."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["model", "label_format", "n", "source_task", "eval_task", "method", "selected_on", "criterion",
+                "lr", "ce_weight", "runs", "dev_loss", "dev_acc", "eval_acc", "chosen"])
+    for s in selections:
+        for c in s.candidates:
+            w.writerow([s.model, s.label_format, s.n, s.task, s.eval_task, s.variant, rule, s.criterion,
+                        c["lr"], c["ce_weight"], c["runs"], c["dev_loss"], c["dev_acc"], c["eval_acc"],
+                        int(c["lr"] == s.lr and c["ce_weight"] == s.ce_weight)])
+    return buf.getvalue()
+
+
+def make_report(store_dir: str | Path, rule: str = "dev-loss", out: str | Path | None = None,
+                command: str | None = None, plots: bool = True) -> Path:
+    """Write tables, summary, plots and ``report.md`` under ``out``; returns the index path."""
+    store, records = load_records(store_dir)
+    out = Path(out) if out else store.root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    selections = select(done_rows(records), rule)
+    tables = build_tables(selections)
+    files = write_tables(tables, rule, out)
+    summary = summarise(tables)
+    write_json(out / "summary.json", {"selected_on": rule, "selection": rule_label(rule), **summary})
+    write_text(out / "selection.csv", selection_csv(selections, rule))
+    figures = []
+    if plots:
+        from .plots import make_plots
+        figures = make_plots(tables, records, out, rule_label(rule))
+    index = _index(store, records, rule, files, summary, figures, out, command)
+    write_text(out / "report.md", index)
+    return out / "report.md"
+
+
+def _analysis_section(root: Path, out: Path) -> list[str]:
+    adir = root / "analysis"
+    found = [p for p in (adir / "overlap.md", adir / "asim.md") if p.exists()]
+    if not found:
+        return ["No analyses found (run `ia2 analyze` on the store to add LoRA overlap and asim summaries).", ""]
+    lines = []
+    for p in found:
+        rel = Path(_relpath(p, out))
+        text = "\n" + p.read_text(encoding="utf-8").strip()
+        lines += [text.replace("\n# ", "\n### ").strip(), "",
+                  f"Source: [{rel}]({rel}) and [{rel.with_suffix('.json')}]({rel.with_suffix('.json')}).", ""]
+    return lines
+
+
+def _relpath(p: Path, start: Path) -> str:
+    import os
+    return os.path.relpath(p.resolve(), start.resolve())
+
+
+def _index(store: Store, records: list[dict], rule: str, files: list[dict], summary: dict, figures: list[Path],
+           out: Path, command: str | None) -> str:
+    done = sum(r.get("status") == "done" for r in records)
+    lines = ["# IA2 report", "",
+             f"- store: `{store.root.resolve()}`",
+             f"- command: `{command or f'ia2 report {store.root} --select-on {rule} --out {out}'}`",
+             f"- generated: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by ia2 {__version__}",
+             f"- records: {done} done, {len(records) - done} failed or unfinished (ignored)",
+             f"- selection: **{rule_label(rule)}** (per model, source task, eval task, label format, N and method;"
+             f" all candidates in [selection.csv](selection.csv))",
+             "- metrics: " + "; ".join(m.definition for m in METRICS), ""]
+    if rule == "eval":
+        lines += ["> **Warning:** hyper-parameters were chosen on the evaluation set itself, as in the paper. "
+                  "These numbers are optimistic; use `--select-on dev-loss` for an honest estimate.", ""]
+    lines += ["## Summary: IA2 -> SFT vs SFT only", "", summary_markdown(summary, rule), "## Tables", ""]
+    for f in files:
+        lines += [f"### {f['table'].name}", "", f"[Markdown]({f['md']}) · [CSV]({f['csv']}) · [LaTeX]({f['tex']})", "",
+                  markdown_table(f["table"], METRIC["acc"], rule), markdown_table(f["table"], METRIC["ece"], rule)]
+    lines += ["## Plots", ""] + [f"- [{p.stem}]({p.name})\n\n  ![{p.stem}]({p.name})" for p in figures]
+    lines += ["", "## Analyses", ""] + _analysis_section(store.root, out)
+    return "\n".join(lines) + "\n"

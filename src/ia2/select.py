@@ -1,0 +1,190 @@
+"""Hyper-parameter selection for reports: one learning rate (and ce weight) per table cell.
+
+A cell is (model, label format, N, source task, eval task, method). Its candidates are the (lr, w)
+settings in the store; each has one row per run. The default picks the candidate with the lowest
+mean dev loss over runs, so the evaluation set never influences the choice. ``dev-acc`` uses the
+source task's dev accuracy instead. ``eval`` reproduces the paper's protocol (mean accuracy on the
+evaluation set itself) and must be labelled as such wherever its numbers are shown.
+
+Dev numbers belong to the trained unit, not to an eval task, so a unit's out-of-distribution rows
+are selected with the same source-task dev numbers as its in-distribution row (same choice).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from .errors import IA2Error
+from .methods import get_method
+
+RULES = {
+    "dev-loss": "learning rate chosen on dev loss (mean over runs)",
+    "dev-acc": "learning rate chosen on dev accuracy (mean over runs)",
+    "eval": "learning rate chosen on the EVALUATION set (paper protocol; optimistic)",
+}
+BASELINES = ("zero-shot", "icl")
+
+# Unit fields that change what a trained (or any) result means; mixing them in one cell is refused.
+_SETTING_ALL = ("limit_eval", "g_max")
+_SETTING_TRAINED = ("adapter", "max_epochs", "patience", "early_stop", "batch_size", "asim_examples")
+
+
+def rule_label(rule: str) -> str:
+    """The sentence printed in report headers and table captions."""
+    check_rule(rule)
+    return RULES[rule]
+
+
+def check_rule(rule: str) -> None:
+    if rule not in RULES:
+        raise IA2Error(f"unknown selection rule '{rule}'", f"choose one of {', '.join(RULES)}")
+
+
+def variant(method: str, labels: str | None) -> str:
+    """Column identity: a method whose SFT stage follows --labels is a different column with ICL labels."""
+    sensitive = any(s.labels is None for s in get_method(method).stages)
+    return f"{method} (ICL labels)" if sensitive and labels == "icl" else method
+
+
+def _setting(unit: dict) -> str:
+    keys = _SETTING_ALL + (_SETTING_TRAINED if unit.get("lr") is not None else ())
+    keys += ("kd_top_k",) if unit.get("method") == "kd" else ()
+    return json.dumps({k: unit.get(k) for k in keys}, sort_keys=True)
+
+
+def done_rows(records: list[dict]) -> list[dict]:
+    """Result rows of finished records, each tagged with its column (variant) and unit setting."""
+    out = []
+    for rec in records:
+        if rec.get("status") != "done":
+            continue  # failed (diverged) units have no usable numbers
+        unit = rec.get("unit", {})
+        for row in rec.get("results", []):
+            out.append({**row, "_variant": variant(row["method"], row.get("labels")), "_setting": _setting(unit)})
+    return out
+
+
+@dataclass
+class Selection:
+    """The chosen configuration of one cell and the rows (one per run) that it reports."""
+
+    model: str
+    label_format: str
+    n: int
+    task: str
+    eval_task: str
+    ood: bool
+    variant: str
+    method: str
+    lr: float | None
+    ce_weight: float | None
+    rows: list[dict]
+    criterion: str
+    score: float | None = None
+    candidates: list[dict] = field(default_factory=list)
+
+    @property
+    def table_key(self) -> tuple:
+        return (self.model, self.label_format, self.n)
+
+    @property
+    def row_key(self) -> tuple:
+        return (self.task, self.eval_task)
+
+
+def _mean(xs: list) -> float | None:
+    """Mean over runs; None if any run lacks the number (a partial mean would favour missing runs)."""
+    ok = [x for x in xs if x is not None and not math.isnan(x)]
+    return sum(ok) / len(ok) if ok and len(ok) == len(xs) else None
+
+
+def _dedupe(rows: list[dict], where: str) -> list[dict]:
+    """One row per run; the same setting seen twice (e.g. another eval-task list) keeps the smallest uid."""
+    if len({r["_setting"] for r in rows}) > 1:
+        diff = sorted(k for k in json.loads(rows[0]["_setting"])
+                      if len({json.dumps(json.loads(r["_setting"]).get(k), sort_keys=True) for r in rows}) > 1)
+        raise IA2Error(f"the store mixes settings for {where} (they differ in: {', '.join(diff)})",
+                       "report one setting at a time: write sweeps with different settings to different --out folders")
+    by_run: dict[int, dict] = {}
+    for r in sorted(rows, key=lambda r: r["uid"]):
+        by_run.setdefault(r["run"], r)
+    return [by_run[k] for k in sorted(by_run)]
+
+
+def _score(rows: list[dict], criterion: str) -> float | None:
+    metric = {"dev loss": "dev_loss", "dev acc": "dev_acc", "eval acc": "acc"}[criterion]
+    return _mean([r.get(metric) for r in rows])
+
+
+def _best(cands: dict[tuple, list[dict]], criterion: str) -> tuple[tuple, float | None]:
+    """Best (lr, w) by ``criterion``; missing scores lose; ties go to the smaller lr, then w."""
+    sign = 1.0 if criterion == "dev loss" else -1.0
+
+    def order(hp):
+        s = _score(cands[hp], criterion)
+        return (s is None, sign * s if s is not None else 0.0, hp[0] or 0.0, hp[1] or 0.0)
+
+    hp = min(cands, key=order)
+    return hp, _score(cands[hp], criterion)
+
+
+def _choose(cands: dict[tuple, list[dict]], method: str, rule: str) -> tuple[tuple, float | None, str]:
+    """Apply the rule; dev-acc falls back to dev loss where dev accuracy is missing (generative tasks)."""
+    if rule == "eval":
+        return (*_best(cands, "eval acc"), "eval acc")
+    has_acc = all(_score(rows, "dev acc") is not None for rows in cands.values())
+    if rule == "dev-acc" and has_acc:
+        return (*_best(cands, "dev acc"), "dev acc")
+    if rule == "dev-loss" and get_method(method).uses_ce_weight and len({hp[1] for hp in cands}) > 1:
+        # Dev losses of different w are different objectives ((1-w) IA2 + w CE), so only lr is
+        # chosen on dev loss within each w; w itself is chosen on dev accuracy when there is one.
+        per_w = {}
+        for w in sorted({hp[1] for hp in cands}):
+            hp, _ = _best({k: v for k, v in cands.items() if k[1] == w}, "dev loss")
+            per_w[hp] = cands[hp]
+        if all(_score(rows, "dev acc") is not None for rows in per_w.values()):
+            return (*_best(per_w, "dev acc"), "lr: dev loss, w: dev acc")
+        return (*_best(per_w, "dev loss"), "dev loss (w across objectives)")
+    return (*_best(cands, "dev loss"), "dev loss" if rule == "dev-loss" else "dev loss (no dev acc)")
+
+
+def _cells(rows: list[dict]) -> dict[tuple, dict[tuple, list[dict]]]:
+    cells: dict[tuple, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        key = (r["model"], r["label_format"], r["n"], r["task"], r["eval_task"], r["_variant"])
+        cells[key][(r["lr"], r["ce_weight"])].append(r)
+    return cells
+
+
+def _candidate_summary(cands: dict[tuple, list[dict]]) -> list[dict]:
+    """Every candidate's means, for the report's selection appendix (transparency, not choice)."""
+    return [{"lr": hp[0], "ce_weight": hp[1], "runs": len(rs), "dev_loss": _score(rs, "dev loss"),
+             "dev_acc": _score(rs, "dev acc"), "eval_acc": _score(rs, "eval acc")}
+            for hp, rs in sorted(cands.items(), key=lambda kv: (kv[0][0] or 0.0, kv[0][1] or 0.0))]
+
+
+def _select_cell(key: tuple, cands: dict[tuple, list[dict]], rule: str) -> Selection:
+    model, fmt, n, task, eval_task, var = key
+    where = f"{model} {task}->{eval_task} N={n} {var}"
+    _dedupe([r for rs in cands.values() for r in rs], where)  # refuses mixed settings in one cell
+    cands = {hp: _dedupe(rs, where) for hp, rs in cands.items()}
+    method = next(iter(cands.values()))[0]["method"]
+    if method in BASELINES:
+        hp, score, crit = (None, None), None, "none (no hyper-parameters)"
+    else:
+        # A row's dev_loss / dev_acc are its unit's source-task dev numbers (identical for every
+        # eval task of the unit), so an OOD cell makes the same choice as the in-distribution one.
+        hp, score, crit = _choose(cands, method, rule)
+    chosen = cands[hp]
+    return Selection(model, fmt, n, task, eval_task, bool(chosen[0]["ood"]), var, method, hp[0], hp[1], chosen,
+                     crit, score, _candidate_summary(cands) if method not in BASELINES else [])
+
+
+def select(rows: list[dict], rule: str = "dev-loss") -> list[Selection]:
+    """Choose one configuration per cell. ``rows`` come from :func:`done_rows`."""
+    check_rule(rule)
+    cells = _cells(rows)
+    return [_select_cell(k, cells[k], rule) for k in sorted(cells, key=lambda k: tuple(str(x) for x in k))]

@@ -1,0 +1,229 @@
+"""Data-parallel training (2 CPU processes, gloo) matches the single-process run; tracking backends.
+
+The same file is the worker script: ``torchrun --nproc_per_node 2 tests/test_distributed.py OUT`` trains
+two chained stages (IA2 then SFT, as ia2-then-sft does) on synthetic examples and saves each rank's
+adapter weights and curves to OUT/rank{r}.pt. N = 5 training examples with effective batch 4 gives
+batches of 4 and 1 per epoch, so the 2-process run also exercises an empty shard (rank 1 of the
+1-example batch); 3 dev examples shard unevenly (2 + 1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+HERE = Path(__file__).resolve()
+ROOT = HERE.parents[1]
+ATOL = 1e-4  # LoRA weights, single process vs 2 processes (measured max |diff| is printed by the test)
+
+
+def _examples(n: int, layers: int, d: int, seed: int):
+    from ia2.methods import StudentExample
+
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        q = torch.randint(3, 200, (5 + i % 4,), generator=g).tolist()  # varied lengths -> padding in batches
+        t = torch.randint(3, 200, (1 + i % 3,), generator=g).tolist()
+        out.append(StudentExample(q, t, acts=torch.randn(layers, len(t), d, generator=g) * 0.1))
+    return out
+
+
+def train_once() -> dict:
+    """IA2 stage then SFT stage on one LoRA adapter; returns adapter weights and per-stage logs."""
+    from dataclasses import asdict
+
+    from ia2 import distributed
+    from ia2.adapters import AdapterConfig, attach, trainable_state
+    from ia2.methods import Objective
+    from ia2.models import load_model
+    from ia2.train import TrainConfig, train_stage
+
+    lm = load_model("tiny-llama", distributed.device() or "cpu", "fp32")
+    torch.manual_seed(0)
+    model = attach(lm.model, AdapterConfig())
+    cfg_l = lm.model.config
+    train = _examples(5, cfg_l.num_hidden_layers, cfg_l.hidden_size, seed=1)
+    dev = _examples(3, cfg_l.num_hidden_layers, cfg_l.hidden_size, seed=2)
+    cfg = TrainConfig(lr=3e-3, batch_size=4, max_epochs=4, patience=3, seed=0)
+    logs = []
+    for obj in (Objective("ia2", "icl"), Objective("sft", "gt")):
+        logs.append(asdict(train_stage(model, obj, train, dev, cfg, lm.tokenizer.pad_token_id)))
+    return {"state": {k: v.cpu() for k, v in trainable_state(model).items()}, "logs": logs}
+
+
+DATA = HERE.parents[2] / "shared" / "data"
+CLI_RUN = ["run", "--model", "tiny-llama", "--task", "sst2", "--eval-tasks", "sst2", "--n", "4", "--runs", "0",
+           "--methods", "ia2", "--lr", "1e-3", "--max-epochs", "2", "--limit-eval", "4", "--asim-examples", "2",
+           "--device", "cpu"]
+
+
+def _worker(out: str, with_cli: bool) -> None:
+    """One rank: train_stage on synthetic data, then (with the data mirror) the pipeline through the CLI."""
+    torch.set_num_threads(1)
+    from ia2 import distributed
+
+    acc = distributed.get_accelerator()
+    assert acc is not None and acc.num_processes == 2, "expected a 2-process launch"
+    res = train_once()
+    res["main"] = distributed.is_main()
+    torch.save(res, Path(out) / f"rank{acc.process_index}.pt")
+    distributed.barrier()
+    if with_cli:
+        from ia2.cli import main
+
+        assert main([*CLI_RUN, "--out", str(Path(out) / "cli")]) == 0
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore", IA2_DATA_DIR=str(DATA))
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    return env
+
+
+def _free_port() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def _torchrun(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", _free_port(), *args]
+    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_single_process_has_no_accelerator(monkeypatch):
+    from ia2 import distributed
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert distributed.get_accelerator() is None and distributed.is_main() and distributed.device() is None
+    distributed.barrier()  # no-op
+    with distributed.main_first():
+        pass
+    assert distributed.agree(True) is True
+    assert distributed.shard([1, 2, 3, 4], 0, 2) == [1, 2] and distributed.shard([1, 2, 3, 4], 1, 2) == [3, 4]
+    assert distributed.shard([9], 1, 2) == [] and distributed.shard([1, 2, 3], 1, 2) == [3]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    """One 2-process launch for both comparisons below (process start-up dominates the cost)."""
+    out = tmp_path_factory.mktemp("ddp")
+    proc = _torchrun([str(HERE), str(out), "cli" if DATA.is_dir() else "no-cli"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def test_two_process_ddp_matches_single_process(two_process_run):
+    r0, r1 = (torch.load(two_process_run / f"rank{r}.pt") for r in (0, 1))
+    assert r0["main"] and not r1["main"]
+    # Ranks agree exactly: same weights, same curves, same early-stopping decisions.
+    strip = lambda logs: [{k: v for k, v in lg.items() if k != "seconds"} for lg in logs]  # noqa: E731
+    assert strip(r0["logs"]) == strip(r1["logs"])
+    for k in r0["state"]:
+        assert torch.equal(r0["state"][k], r1["state"][k]), k
+    single = train_once()  # this process: WORLD_SIZE unset -> the unchanged single-process loop
+    assert set(single["state"]) == set(r0["state"])
+    diff = max(float((single["state"][k] - r0["state"][k]).abs().max()) for k in single["state"])
+    moved = max(float(v.abs().max()) for k, v in single["state"].items() if "lora_B" in k)
+    print(f"max |LoRA single - 2 processes| = {diff:.2e} (largest |lora_B| {moved:.2e})")
+    assert moved > 1e-3, "training did not move the adapter"
+    assert diff < ATOL
+    for s, d in zip(single["logs"], r0["logs"]):
+        assert (s["steps"], s["epochs"], s["best_step"], s["stopped"]) == (d["steps"], d["epochs"], d["best_step"], d["stopped"])
+        for cs, cd in zip(s["curve"], d["curve"], strict=True):
+            assert cs["step"] == cd["step"]
+            assert cs["train_loss"] == pytest.approx(cd["train_loss"], rel=1e-4, abs=1e-6)
+            assert cs["dev_loss"] == pytest.approx(cd["dev_loss"], rel=1e-4, abs=1e-6)
+
+
+def test_cli_two_processes_write_one_record(two_process_run, tmp_path, monkeypatch):
+    """``torchrun -m ia2 -- run ...``: teacher targets cached once, one record, adapter equal to a 1-process run."""
+    if not DATA.is_dir():
+        pytest.skip("shared data folder absent")
+    from safetensors.torch import load_file
+
+    from ia2.cli import main
+
+    monkeypatch.setenv("IA2_DATA_DIR", str(DATA))
+    assert main([*CLI_RUN, "--out", str(tmp_path / "s")]) == 0  # the same run in this process (single process)
+    d = two_process_run / "cli"
+    assert len(list((d / "records").glob("*.json"))) == 1
+    assert len(list((d / "targets").glob("*.safetensors"))) == 1
+    (ad,) = (d / "adapters").iterdir()
+    (as_,) = (tmp_path / "s" / "adapters").iterdir()
+    assert ad.name == as_.name  # same unit uid
+    wd, ws = (load_file(str(p / "adapter_model.safetensors")) for p in (ad, as_))
+    diff = max(float((wd[k] - ws[k]).abs().max()) for k in ws)
+    print(f"pipeline: max |LoRA single - 2 processes| = {diff:.2e}")
+    assert diff < ATOL
+    rd, rs = (json.loads(next((p / "records").glob("*.json")).read_text()) for p in (d, tmp_path / "s"))
+    assert rd["train"]["stages"][0]["best_dev"] == pytest.approx(rs["train"]["stages"][0]["best_dev"], rel=1e-4)
+    assert [r["eval_task"] for r in rd["results"]] == [r["eval_task"] for r in rs["results"]] == ["sst2"]
+
+
+def test_report_to_unknown_backend_errors():
+    from ia2.distributed import check_report_to, open_tracker
+    from ia2.errors import IA2Error
+
+    assert check_report_to(None) == "none" and open_tracker("none", "/nonexistent", "x") is None
+    with pytest.raises(IA2Error, match="unknown --report-to"):
+        check_report_to("mlflow")
+
+
+def test_report_to_missing_backend_names_pip_command(monkeypatch):
+    import builtins
+
+    from ia2.distributed import check_report_to
+    from ia2.errors import IA2Error
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *a, **k):
+        if name in ("wandb", "tensorboard") or name.startswith("torch.utils.tensorboard"):
+            raise ImportError(name)
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    monkeypatch.delitem(sys.modules, "torch.utils.tensorboard", raising=False)
+    for backend, pip in (("wandb", "pip install wandb"), ("tensorboard", "pip install tensorboard")):
+        with pytest.raises(IA2Error) as e:
+            check_report_to(backend)
+        assert pip in str(e.value)
+
+
+def test_report_to_tensorboard_writes_event_file(tmp_path):
+    pytest.importorskip("tensorboard")
+    from ia2.distributed import open_tracker
+
+    tr = open_tracker("tensorboard", tmp_path, "unit", {"method": "ia2"})
+    cb = tr.stage("1-ia2")
+    for step in (2, 4):
+        cb({"step": step, "epoch": 1, "train_loss": 1.0 / step, "dev_loss": 2.0 / step})
+    cb2 = tr.stage("2-sft")  # steps continue after the first stage's last step
+    cb2({"step": 2, "epoch": 1, "train_loss": 0.1, "dev_loss": 0.2})
+    tr.close()
+    events = list((tmp_path / "unit").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(tmp_path / "unit"))
+    ea.Reload()
+    assert [e.step for e in ea.Scalars("1-ia2/dev_loss")] == [2, 4]
+    assert [e.step for e in ea.Scalars("2-sft/train_loss")] == [6]
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1], sys.argv[2] == "cli")

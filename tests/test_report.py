@@ -1,0 +1,300 @@
+"""Tests for hyper-parameter selection, ``ia2 report`` and ``ia2 analyze``.
+
+Selection is tested on hand-made records (fast, exact); the report and analyses end to end on a
+small real store built once per module with the tiny random model and the local data mirror.
+"""
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from ia2.config import Unit
+from ia2.errors import IA2Error
+from ia2.report import build_tables, compare
+from ia2.select import done_rows, select
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+# --- hand-made records ---------------------------------------------------------------------------------
+def record(method, lr, run, dev_loss, dev_acc, acc, *, w=None, status="done", ece=0.1, max_epochs=50,
+           evals=("sst2", "finsen")):
+    """A store record with one result row per eval task; ``acc`` may be a per-eval-task dict."""
+    unit = Unit(model="m", task="sst2", label_format="digits", eval_tasks=tuple(evals), n=4, run=run,
+                method=method, lr=lr, ce_weight=w, max_epochs=max_epochs)
+    accs = acc if isinstance(acc, dict) else {e: acc for e in evals}
+    rows = [{"uid": unit.uid(), "model": "m", "task": "sst2", "eval_task": e, "ood": e != "sst2",
+             "label_format": "digits", "method": method, "n": 4, "run": run, "lr": lr, "ce_weight": w,
+             "labels": "gt" if lr is not None else None, "acc": accs[e], "ece": ece, "ece_paper": ece,
+             "label_acc": accs[e], "label_ece": ece, "label_mass": 1.0, "n_eval": 10, "asim": None,
+             "asim_layers": None, "dev_loss": dev_loss, "dev_acc": dev_acc} for e in evals]
+    return {"uid": unit.uid(), "unit": unit.to_dict(), "status": status, "results": rows, "predictions": {}}
+
+
+def chosen(records, rule, method="sft", eval_task="sst2"):
+    sels = [s for s in select(done_rows(records), rule) if s.method == method and s.eval_task == eval_task]
+    assert len(sels) == 1
+    return sels[0]
+
+
+def disagreeing_records():
+    """lr 1e-3 wins on dev loss, lr 3e-4 on dev accuracy, and lr 1e-4 on evaluation accuracy."""
+    recs = []
+    for run in (0, 1):
+        recs.append(record("sft", 1e-3, run, dev_loss=0.5, dev_acc=0.5, acc=0.6))
+        recs.append(record("sft", 3e-4, run, dev_loss=0.9, dev_acc=0.8, acc=0.7))
+        recs.append(record("sft", 1e-4, run, dev_loss=1.2, dev_acc=0.2, acc=0.9))
+    return recs
+
+
+def test_each_rule_reads_its_own_metric():
+    recs = disagreeing_records()
+    assert chosen(recs, "dev-loss").lr == 1e-3
+    assert chosen(recs, "dev-acc").lr == 3e-4
+    assert chosen(recs, "eval").lr == 1e-4
+    assert chosen(recs, "eval").criterion == "eval acc"
+
+
+def test_dev_selection_never_reads_evaluation_metrics():
+    recs = disagreeing_records()
+    before = {rule: chosen(recs, rule).lr for rule in ("dev-loss", "dev-acc")}
+    # Poison every evaluation metric so that any rule reading them would switch to the other candidates.
+    for rec in recs:
+        good = rec["unit"]["lr"] != 1e-3 and rec["unit"]["lr"] != 3e-4
+        for row in rec["results"]:
+            for k in ("acc", "label_acc"):
+                row[k] = 1.0 if good else 0.0
+            for k in ("ece", "ece_paper", "label_ece"):
+                row[k] = 0.0 if good else 0.99
+            row["asim"] = 1.0 if good else -1.0
+    assert {rule: chosen(recs, rule).lr for rule in ("dev-loss", "dev-acc")} == before
+    assert chosen(recs, "eval").lr == 1e-4
+    # The chosen cell reports the (poisoned) evaluation numbers of the dev-chosen candidate.
+    assert [r["acc"] for r in chosen(recs, "dev-loss").rows] == [0.0, 0.0]
+
+
+def test_ood_rows_use_the_source_dev_choice():
+    recs = []
+    for run in (0, 1):  # on finsen (OOD) the eval accuracies point the other way
+        recs.append(record("sft", 1e-3, run, 0.5, 0.5, {"sst2": 0.9, "finsen": 0.1}))
+        recs.append(record("sft", 3e-4, run, 0.9, 0.4, {"sst2": 0.1, "finsen": 0.9}))
+    for rule in ("dev-loss", "dev-acc"):
+        assert chosen(recs, rule, eval_task="finsen").lr == chosen(recs, rule, eval_task="sst2").lr == 1e-3
+    assert chosen(recs, "eval", eval_task="finsen").lr == 3e-4
+    assert chosen(recs, "eval", eval_task="sst2").lr == 1e-3
+
+
+def test_mean_over_runs_not_one_run():
+    recs = [record("sft", 1e-3, 0, 0.1, 0.5, 0.5), record("sft", 1e-3, 1, 1.0, 0.5, 0.5),
+            record("sft", 3e-4, 0, 0.5, 0.5, 0.5), record("sft", 3e-4, 1, 0.5, 0.5, 0.5)]
+    sel = chosen(recs, "dev-loss")
+    assert sel.lr == 3e-4 and sel.score == pytest.approx(0.5) and len(sel.rows) == 2
+
+
+def test_failed_records_are_ignored():
+    recs = disagreeing_records()
+    recs.append(record("sft", 1e-2, 0, 0.01, 1.0, 1.0, status="failed"))
+    assert chosen(recs, "dev-loss").lr == 1e-3
+    assert all(c["lr"] != 1e-2 for c in chosen(recs, "dev-loss").candidates)
+
+
+def test_ce_weight_of_joint_method_is_not_chosen_across_objectives_by_loss():
+    # w=0.001 has the lowest dev loss only because its objective is mostly the (small) IA2 loss.
+    recs = []
+    for run in (0, 1):
+        for lr, dl_small, dl_big in ((1e-3, 0.20, 1.5), (3e-4, 0.25, 1.2)):
+            recs.append(record("ia2+sft", lr, run, dl_small, 0.3, 0.9, w=0.001))
+            recs.append(record("ia2+sft", lr, run, dl_big, 0.7, 0.1, w=0.5))
+    sel = chosen(recs, "dev-loss", method="ia2+sft")
+    assert (sel.lr, sel.ce_weight) == (3e-4, 0.5)  # lr on dev loss within w=0.5, w on dev accuracy
+    assert chosen(recs, "dev-acc", method="ia2+sft").ce_weight == 0.5
+    assert chosen(recs, "eval", method="ia2+sft").ce_weight == 0.001
+
+
+def test_baselines_have_no_hyper_parameters_and_mixed_settings_are_refused():
+    recs = disagreeing_records() + [record("icl", None, r, None, None, 0.4) for r in (0, 1)]
+    icl = chosen(recs, "dev-loss", method="icl")
+    assert (icl.lr, icl.ce_weight, len(icl.rows)) == (None, None, 2)
+    recs.append(record("sft", 1e-3, 2, 0.5, 0.5, 0.6, max_epochs=3))
+    with pytest.raises(IA2Error, match="max_epochs"):
+        select(done_rows(recs), "dev-loss")
+    with pytest.raises(IA2Error):
+        select(done_rows(recs), "test-set")
+
+
+def test_summary_counts_and_ttest_pairs():
+    recs = []
+    for run, (a, b) in enumerate([(0.8, 0.6), (0.7, 0.6), (0.9, 0.5)]):
+        recs.append(record("sft", 1e-3, run, 0.5, 0.5, b, ece=0.3))
+        recs.append(record("ia2-then-sft", 1e-3, run, 0.5, 0.5, a, ece=0.1))
+    summary = compare(build_tables(select(done_rows(recs), "dev-loss")))
+    assert summary["acc"]["rows"] == 2 and summary["acc"]["wins"] == 2
+    assert summary["ece"]["wins"] == 2 and summary["ece"]["losses"] == 0
+    assert summary["acc"]["ttest"]["n"] == 6  # 3 runs x 2 rows
+    assert summary["acc"]["ttest"]["mean_diff"] == pytest.approx(100 * (0.8 + 0.7 + 0.9 - 1.7) / 3)
+
+
+def test_report_errors_are_user_errors(tmp_path):
+    from ia2.cli import main
+    from ia2.report import make_report
+    from ia2.store import Store
+
+    with pytest.raises(IA2Error, match="not an ia2 results store"):
+        make_report(tmp_path)
+    Store(tmp_path / "empty")
+    with pytest.raises(IA2Error, match="no finished records"):
+        make_report(tmp_path / "empty")
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert main(["analyze", str(tmp_path / "empty")]) == 2
+
+
+# --- end to end on a real store ------------------------------------------------------------------------------
+METHODS = "zero-shot,icl,sft,ia2,ia2-then-sft,ia2+sft"
+HEADER = "| source | eval | Zero-shot | ICL | SFT only | IA2 only | IA2 -> SFT | IA2 + SFT |"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    if not DATA.exists():
+        pytest.skip(f"data mirror not found at {DATA}")
+    from ia2.cli import main
+
+    out = tmp_path_factory.mktemp("store")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IA2_DATA_DIR", str(DATA))
+        rc = main(["run", "--model", "tiny-llama", "--task", "sst2", "--n", "4", "--runs", "0,1", "--methods", METHODS,
+                   "--lr", "1e-3,3e-4", "--ce-weight", "0.05", "--limit-eval", "20", "--max-epochs", "2",
+                   "--asim-examples", "5", "--out", str(out), "--device", "cpu"])
+        assert rc == 0
+        assert main(["analyze", str(out)]) == 0
+        assert main(["report", str(out)]) == 0
+        assert main(["report", str(out), "--select-on", "eval", "--out", str(out / "report_eval")]) == 0
+        yield out
+
+
+def _table_rows(md: str, header: str) -> list[list[str]]:
+    """Body rows of the first Markdown table whose header line is ``header``."""
+    lines = md.splitlines()
+    start = lines.index(header) + 2
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def test_markdown_table_layout(store):
+    md = (store / "report" / "table_tiny-llama_digits_N4.md").read_text()
+    rows = _table_rows(md, HEADER)
+    assert [r[1] for r in rows] == ["sst2", "finsen*", "poems*"]
+    assert rows[0][0] == "sst2"
+    for r in rows:  # acc cells are "mean (std)" in % with one decimal
+        for cell in r[2:]:
+            mean, std = cell.strip("*").split(" (")
+            assert 0.0 <= float(mean) <= 100.0 and len(mean.split(".")[1]) == 1 and std.endswith(")")
+    ece_rows = _table_rows(md.split("ECE (standard)", 1)[1], HEADER)
+    assert all(len(c.strip("*").split(" (")[0].split(".")[1]) == 2 for r in ece_rows for c in r[2:])
+
+
+def test_selection_label_everywhere(store):
+    md = (store / "report" / "table_tiny-llama_digits_N4.md").read_text()
+    captions = [line for line in md.splitlines() if line.startswith("**") and "N=4" in line]
+    assert len(captions) == 5 and all("chosen on dev loss" in c for c in captions)
+    assert "15 equal-width bins" in md and "15 equal-mass bins" in md
+    assert "chosen on dev loss" in (store / "report" / "report.md").read_text()
+    ev = (store / "report_eval" / "table_tiny-llama_digits_N4.md").read_text()
+    assert sum("chosen on the EVALUATION set (paper protocol" in line for line in ev.splitlines()) == 5
+    assert "Warning" in (store / "report_eval" / "report.md").read_text()
+    tex = (store / "report_eval" / "table_tiny-llama_digits_N4.tex").read_text()
+    assert tex.count(r"\caption{") == tex.count("EVALUATION set") - 1 == 4
+
+
+def test_csv_and_latex(store):
+    with open(store / "report" / "table_tiny-llama_digits_N4.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    cols = ["zero-shot", "icl", "sft", "ia2", "ia2-then-sft", "ia2+sft"]
+    assert list(rows[0]) == ["model", "label_format", "n", "selected_on", "source_task", "eval_task", "ood", "metric"] + \
+        [f"{c}{s}" for c in cols for s in ("", " std")]
+    assert {(r["eval_task"], r["ood"]) for r in rows} == {("sst2", "0"), ("finsen", "1"), ("poems", "1")}
+    assert {r["metric"] for r in rows} == {"acc_pct", "ece", "ece_paper", "label_acc_pct", "lr", "ce_weight"}
+    lrs = {r["sft"] for r in rows if r["metric"] == "lr"}
+    assert len(lrs) == 1 and float(lrs.pop()) in (1e-3, 3e-4)
+    tex = (store / "report" / "table_tiny-llama_digits_N4.tex").read_text()
+    assert r"\begin{tabular}" in tex and r"\end{tabular}" in tex and r"IA2 $\rightarrow$ SFT" in tex
+    assert "finsen*" in tex
+
+
+def test_summary_matches_table_rows(store):
+    summary = json.loads((store / "report" / "summary.json").read_text())
+    assert summary["selected_on"] == "dev-loss"
+    comp = summary["comparisons"][0]
+    assert (comp["a"], comp["b"]) == ("ia2-then-sft", "sft")
+    with open(store / "report" / "table_tiny-llama_digits_N4.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for metric, key, better in (("acc_pct", "acc", float.__gt__), ("ece", "ece", float.__lt__)):
+        pairs = [(float(r["ia2-then-sft"]), float(r["sft"])) for r in rows if r["metric"] == metric]
+        s = comp[key]
+        assert s["rows"] == len(pairs) == 3
+        assert s["wins"] == sum(better(a, b) for a, b in pairs)
+        assert s["wins"] + s["ties"] + s["losses"] == 3
+        assert s["ttest"]["n"] == 6  # 2 runs x 3 rows
+        assert s["ttest"]["mean_diff"] == pytest.approx(sum(a - b for a, b in pairs) / 3, abs=1e-6)
+    index = (store / "report" / "report.md").read_text()
+    assert "IA2 -> SFT vs SFT only" in index and str(store) in index and "ia2 report" in index
+
+
+def test_plots_decode(store):
+    import matplotlib.image as mpimg
+
+    pngs = sorted((store / "report").glob("*.png"))
+    names = {p.name.split("_tiny")[0] for p in pngs}
+    assert names == {"reliability", "asim_layers", "asim_vs_ece"}  # one N: no metrics-vs-N figure
+    index = (store / "report" / "report.md").read_text()
+    for p in pngs:
+        img = mpimg.imread(p)
+        assert img.shape[0] > 50 and img.shape[1] > 50
+        assert f"({p.name})" in index
+
+
+def test_analysis_overlap_and_asim(store):
+    ov = json.loads((store / "analysis" / "overlap.json").read_text())
+    pairs = {(p["a"], p["b"], p["lr"]): p for p in ov["pairs"]}
+    for a, b in (("sft", "ia2"), ("ia2", "ia2-then-sft")):
+        for lr in (1e-3, 3e-4):
+            p = pairs[(a, b, lr)]
+            assert p["runs"] == 2 and 0.0 <= p["overlap"] <= 1.0
+            assert set(p["by_module"]) == {"q_proj", "k_proj", "o_proj"}
+    asim = json.loads((store / "analysis" / "asim.json").read_text())
+    assert {p["method"] for p in asim["per_method"]} == {"sft", "ia2", "ia2-then-sft", "ia2+sft (w=0.05)"}
+    assert all(len(p["layers"]) == 2 and -1.0 <= p["asim"] <= 1.0 for p in asim["per_method"])
+    index = (store / "report" / "report.md").read_text()
+    assert "LoRA subspace overlap" in index and "Activation similarity with ICL" in index
+
+
+def test_recomputed_asim_compares_with_the_frozen_base(store):
+    """Recomputation must take the ICL activations from the base model with no adapter injected."""
+    import peft
+
+    from ia2 import metrics
+    from ia2.analyze import recompute_asim
+    from ia2.pipeline import Runner
+    from ia2.report import load_records
+
+    st, records = load_records(store)
+    rec = next(r for r in records if r["unit"]["method"] == "ia2-then-sft" and r["unit"]["run"] == 0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IA2_DATA_DIR", str(DATA))
+        got = recompute_asim([rec], st.root, 3, device="cpu", force=True)
+        ctx = Runner(st, device="cpu", log=lambda m: None).context(Unit.from_dict({**rec["unit"], "asim_examples": 3}))
+        model = peft.PeftModel.from_pretrained(ctx.lm.model, str(st.root / rec["adapter"]))
+        with model.disable_adapter():
+            base = ctx.asim_acts(model, "sst2", True)
+        ours = ctx.asim_acts(model, "sst2", False)
+    want = metrics.asim_summary([metrics.activation_similarity(a, b) for a, b in zip(base, ours)])[0]
+    assert got[(rec["uid"], "sst2")]["examples"] == 3
+    assert math.isclose(got[(rec["uid"], "sst2")]["asim"], want, rel_tol=1e-6)
+    assert {k[1] for k in got} == {"sst2", "finsen", "poems"}
