@@ -238,14 +238,8 @@ def test_corrupt_target_cache_is_detected_and_recomputed(capsys, tmp_path):
     assert json.loads(js.read_text())["sha256"] == good  # rewritten, same content as the first time
     again = json.loads(next((out / "records").glob("*.json")).read_text())["results"][0]
     assert again["acc"] == first["acc"] and again["asim"] == first["asim"]
-
-    meta = json.loads(js.read_text())
-    meta["key"]["n"] = 5  # a cache written for another request under this name
-    js.write_text(json.dumps(meta))
-    rc, _, err = run_cli(capsys, *args)
-    assert rc == 0, err
-    assert "teacher targets recomputed: cache key differs from the request" in err
     assert_nothing_partial(out, allow_records=1)
+    # Mismatched caches (another request's key, other queries, wrong shapes): tests/test_reliability.py.
 
 
 def test_nan_loss_is_recorded_as_failed_and_the_sweep_goes_on(capsys, tmp_path):
@@ -369,8 +363,8 @@ def _ia2(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_subprocess_user_error_is_one_line(tmp_path):
+    """A real process (stderr not a terminal, no pytest capture): one line, exit 2; --debug: see above."""
     task = user_task(tmp_path, GOOD_YAML + "colour: blue\n")
     proc = _ia2("run", *FAST, "--task", task, "--out", str(tmp_path / "out"), cwd=tmp_path)
     assert_user_error(proc.returncode, proc.stderr, "unknown field(s) colour")
-    proc = _ia2("--debug", "run", *FAST, "--task", task, "--out", str(tmp_path / "out"), cwd=tmp_path)
-    assert proc.returncode != 0 and "Traceback" in proc.stderr
+    assert proc.stdout == ""

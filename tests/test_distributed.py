@@ -35,7 +35,7 @@ def _examples(n: int, layers: int, d: int, seed: int):
     return out
 
 
-def train_once() -> dict:
+def train_once(micro_batch: int | None = None) -> dict:
     """IA2 stage then SFT stage on one LoRA adapter; returns adapter weights and per-stage logs."""
     from dataclasses import asdict
 
@@ -51,7 +51,7 @@ def train_once() -> dict:
     cfg_l = lm.model.config
     train = _examples(5, cfg_l.num_hidden_layers, cfg_l.hidden_size, seed=1)
     dev = _examples(3, cfg_l.num_hidden_layers, cfg_l.hidden_size, seed=2)
-    cfg = TrainConfig(lr=3e-3, batch_size=4, max_epochs=4, patience=3, seed=0)
+    cfg = TrainConfig(lr=3e-3, batch_size=4, micro_batch=micro_batch, max_epochs=4, patience=3, seed=0)
     logs = []
     for obj in (Objective("ia2", "icl"), Objective("sft", "gt")):
         logs.append(asdict(train_stage(model, obj, train, dev, cfg, lm.tokenizer.pad_token_id)))
@@ -64,6 +64,36 @@ CLI_RUN = ["run", "--model", "tiny-llama", "--task", "sst2", "--eval-tasks", "ss
            "--device", "cpu"]
 
 
+def grad_once() -> dict:
+    """The gradient of one 3-example IA2 batch (sharded 2 + 1 over two processes), adapter weights random."""
+    from ia2 import distributed
+    from ia2.adapters import AdapterConfig, attach
+    from ia2.distributed import DataParallel
+    from ia2.methods import Objective, make_batch
+    from ia2.models import load_model
+
+    lm = load_model("tiny-llama", distributed.device() or "cpu", "fp32")
+    torch.manual_seed(0)
+    model = attach(lm.model, AdapterConfig())
+    params = [p for p in model.parameters() if p.requires_grad]
+    with torch.no_grad():
+        for p in params:
+            p.normal_(0, 0.05)  # LoRA B starts at 0, which would leave A without gradient
+    batch = _examples(3, lm.model.config.num_hidden_layers, lm.model.config.hidden_size, seed=3)
+    obj, pad = Objective("ia2", "icl"), lm.tokenizer.pad_token_id
+    dp = DataParallel.create(model, torch.optim.SGD(params, lr=0.0))
+    if dp is not None:
+        loss = dp.backward(obj, batch, pad, micro=3)
+    else:
+        per = obj.per_example(model, make_batch(batch, pad, "cpu"))
+        (per.sum() / len(batch)).backward()
+        loss = float(per.mean())
+    grads = {n: p.grad.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    if dp is not None:
+        dp.close()
+    return {"loss": loss, "grads": grads}
+
+
 def _worker(out: str, with_cli: bool) -> None:
     """One rank: train_stage on synthetic data, then (with the data mirror) the pipeline through the CLI."""
     torch.set_num_threads(1)
@@ -71,9 +101,11 @@ def _worker(out: str, with_cli: bool) -> None:
 
     acc = distributed.get_accelerator()
     assert acc is not None and acc.num_processes == 2, "expected a 2-process launch"
-    res = train_once()
-    res["main"] = distributed.is_main()
-    torch.save(res, Path(out) / f"rank{acc.process_index}.pt")
+    torch.save(grad_once(), Path(out) / f"grad-rank{acc.process_index}.pt")
+    for micro in (None, 1):  # micro 1: gradient accumulation within a rank, uneven forward counts padded
+        res = train_once(micro)
+        res["main"] = distributed.is_main()
+        torch.save(res, Path(out) / f"rank{acc.process_index}-micro{micro}.pt")
     distributed.barrier()
     if with_cli:
         from ia2.cli import main
@@ -117,6 +149,15 @@ def test_single_process_has_no_accelerator(monkeypatch):
     assert distributed.shard([9], 1, 2) == [] and distributed.shard([1, 2, 3], 1, 2) == [3]
 
 
+_SINGLE: dict = {}
+
+
+def _single() -> dict:
+    if not _SINGLE:
+        _SINGLE.update(train_once())
+    return _SINGLE
+
+
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
     """One 2-process launch for both comparisons below (process start-up dominates the cost)."""
@@ -126,19 +167,34 @@ def two_process_run(tmp_path_factory):
     return out
 
 
-def test_two_process_ddp_matches_single_process(two_process_run):
-    r0, r1 = (torch.load(two_process_run / f"rank{r}.pt") for r in (0, 1))
+def test_two_process_gradient_is_full_batch_mean(two_process_run):
+    """Loss scaling: the DDP-averaged gradient equals the single-process full-batch mean gradient."""
+    g0, g1 = (torch.load(two_process_run / f"grad-rank{r}.pt") for r in (0, 1))
+    single = grad_once()
+    assert g0["loss"] == g1["loss"] == pytest.approx(single["loss"], rel=1e-5)
+    worst = 0.0
+    for k, g in single["grads"].items():
+        assert torch.equal(g0["grads"][k], g1["grads"][k]), k
+        scale = float(g.abs().max()) or 1.0
+        worst = max(worst, float((g0["grads"][k] - g).abs().max()) / scale)
+    print(f"gradient: max relative |single - 2 processes| = {worst:.2e}")
+    assert worst < 1e-4
+
+
+@pytest.mark.parametrize("micro", [None, 1])
+def test_two_process_ddp_matches_single_process(two_process_run, micro):
+    r0, r1 = (torch.load(two_process_run / f"rank{r}-micro{micro}.pt") for r in (0, 1))
     assert r0["main"] and not r1["main"]
     # Ranks agree exactly: same weights, same curves, same early-stopping decisions.
     strip = lambda logs: [{k: v for k, v in lg.items() if k != "seconds"} for lg in logs]  # noqa: E731
     assert strip(r0["logs"]) == strip(r1["logs"])
     for k in r0["state"]:
         assert torch.equal(r0["state"][k], r1["state"][k]), k
-    single = train_once()  # this process: WORLD_SIZE unset -> the unchanged single-process loop
+    single = _single()  # this process: WORLD_SIZE unset -> the unchanged single-process loop (full batches)
     assert set(single["state"]) == set(r0["state"])
     diff = max(float((single["state"][k] - r0["state"][k]).abs().max()) for k in single["state"])
     moved = max(float(v.abs().max()) for k, v in single["state"].items() if "lora_B" in k)
-    print(f"max |LoRA single - 2 processes| = {diff:.2e} (largest |lora_B| {moved:.2e})")
+    print(f"micro={micro}: max |LoRA single - 2 processes| = {diff:.2e} (largest |lora_B| {moved:.2e})")
     assert moved > 1e-3, "training did not move the adapter"
     assert diff < ATOL
     for s, d in zip(single["logs"], r0["logs"]):

@@ -207,7 +207,8 @@ def test_selection_label_everywhere(store):
     assert "15 equal-width bins" in md and "15 equal-mass bins" in md
     assert "chosen on dev loss" in (store / "report" / "report.md").read_text()
     ev = (store / "report_eval" / "table_tiny-llama_digits_N4.md").read_text()
-    assert sum("chosen on the EVALUATION set (paper protocol" in line for line in ev.splitlines()) == 5
+    ev_captions = [line for line in ev.splitlines() if line.startswith("**") and "N=4" in line]
+    assert len(ev_captions) == 5 and all("chosen on the EVALUATION set (paper protocol" in c for c in ev_captions)
     assert "Warning" in (store / "report_eval" / "report.md").read_text()
     tex = (store / "report_eval" / "table_tiny-llama_digits_N4.tex").read_text()
     assert tex.count(r"\caption{") == tex.count("EVALUATION set") - 1 == 4

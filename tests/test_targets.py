@@ -8,7 +8,6 @@ import shutil
 import pytest
 import torch
 
-from ia2.activations import attention_modules
 from ia2.data import Example, make_split
 from ia2.models import load_model
 from ia2.prompts import encode, encode_answer, icl_prompt
@@ -57,7 +56,8 @@ def assert_same_targets(a, b):
 
 def o_proj_last(model, ids: list[int]) -> torch.Tensor:
     """[L, d]: every layer's o_proj output at the last position of a plain forward (independent hooks)."""
-    mods = [m.o_proj for m in attention_modules(model)]
+    mods = [m for n, m in model.named_modules() if n.endswith("self_attn.o_proj")]
+    assert len(mods) == model.config.num_hidden_layers
     got = {}
     hs = [m.register_forward_hook(lambda mod, a, out, i=i: got.__setitem__(i, out)) for i, m in enumerate(mods)]
     try:

@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_exec_args(p)
     p.set_defaults(fn=cmd_sweep)
 
-    for extra in ("report", "analyze", "predict", "doctor"):
+    for extra in ("report", "analyze", "predict", "doctor", "screen"):
         try:
             mod = __import__(f"ia2.cli_{extra}", fromlist=["register"])
         except ImportError:

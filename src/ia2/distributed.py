@@ -143,6 +143,7 @@ class DataParallel:
         self.acc, self.model, self.ddp, self.optimizer = acc, model, ddp_model, optimizer
         self.rank, self.world = acc.process_index, acc.num_processes
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.device = self.params[0].device if self.params else acc.device
 
     @classmethod
     def create(cls, model, optimizer) -> "DataParallel | None":
@@ -164,18 +165,23 @@ class DataParallel:
 
         b = len(batch)
         mine = shard(batch, self.rank, self.world)
-        chunks = [(mine[i:i + micro], 1.0) for i in range(0, len(mine), micro)] or [(batch[:1], 0.0)]
+        chunks = [(mine[i:i + micro], 1.0) for i in range(0, len(mine), micro)]
+        # Every rank runs the same number of forwards (DDP syncs buffers in each one): ranks with a short or
+        # empty shard pad with zero-weighted forwards of the batch's first example.
+        n_forwards = math.ceil(math.ceil(b / self.world) / micro)
+        chunks += [(batch[:1], 0.0)] * (n_forwards - len(chunks))
         local = 0.0
         for k, (chunk, weight) in enumerate(chunks):
             sync = k == len(chunks) - 1
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
-                per = objective.per_example(self.ddp, make_batch(chunk, pad_id, self.acc.device))
+                per = objective.per_example(self.ddp, make_batch(chunk, pad_id, self.device))
                 total = per.sum()
                 # The zero term gives every trainable parameter a gradient, so DDP's reducer never waits on
                 # a parameter the objective does not reach (e.g. custom MLP targets under the IA2 loss).
                 loss = total * (weight * self.world / b) + 0.0 * sum(p.sum() for p in self.params)
                 loss.backward()
-            local += float(total.detach()) * weight
+            if weight:
+                local += float(total.detach())
         return self._sum(local) / b
 
     def mean_loss(self, objective, examples: list, pad_id: int, micro: int) -> float:
@@ -188,7 +194,7 @@ class DataParallel:
         total = 0.0
         with torch.no_grad():
             for i in range(0, len(mine), micro):
-                batch = make_batch(mine[i:i + micro], pad_id, self.acc.device)
+                batch = make_batch(mine[i:i + micro], pad_id, self.device)
                 total += float(objective.per_example(self.model, batch).sum())
         return self._sum(total) / len(examples)
 

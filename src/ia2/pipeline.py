@@ -190,7 +190,8 @@ class Runner:
         if self.lm is None or self.lm.name != name:
             self.lm, self.ctx, self._zero_shot = None, None, {}
             t0 = time.time()
-            self.lm = load_model(name, self.device or distributed.device(), self.dtype)
+            # Several processes: each on its own device (cuda:LOCAL_RANK), whatever --device says.
+            self.lm = load_model(name, distributed.device() or self.device, self.dtype)
             self.log(f"loaded {name} in {time.time() - t0:.1f}s on {self.lm.device}")
         return self.lm
 
@@ -319,11 +320,11 @@ def run_units(units: list[Unit], store: Store, runner: Runner, resume: bool = Tr
             if progress:
                 progress(unit, "skipped")
             continue
-        if claim and not store.claim(uid):
+        if claim and not distributed.agree(distributed.is_main() and store.claim(uid)):  # main claims for all
             stats["claimed_elsewhere"] += 1
             continue
         try:
-            if claim and resume and store.has(uid):  # finished by another worker meanwhile
+            if claim and resume and distributed.agree(store.has(uid)):  # finished by another worker meanwhile
                 stats["skipped"] += 1
                 continue
             main = distributed.is_main()
@@ -336,7 +337,7 @@ def run_units(units: list[Unit], store: Store, runner: Runner, resume: bool = Tr
             if progress:
                 progress(unit, rec["status"])
         finally:
-            if claim:
+            if claim and distributed.is_main():
                 store.release(uid)
     if distributed.is_main():
         store.write_results()

@@ -59,6 +59,8 @@ def plot_vs_n(tables: list[Table], out: Path, rule_text: str) -> Path | None:
                     ax.errorbar(x, y, yerr=e, marker="o", ms=3, capsize=2, label=column_title(var),
                                 color=_colour(var, columns))
             ax.set_xscale("log", base=2)
+            ax.set_xticks(ns, [str(n) for n in ns])
+            ax.minorticks_off()
             ax.set_xlabel("N")
             ax.set_ylabel(METRIC[key].title)
             ax.set_title(_label(row), fontsize=8)

@@ -12,7 +12,6 @@ import io
 import math
 import re
 import statistics
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path

@@ -8,6 +8,9 @@ evaluation set itself) and must be labelled as such wherever its numbers are sho
 
 Dev numbers belong to the trained unit, not to an eval task, so a unit's out-of-distribution rows
 are selected with the same source-task dev numbers as its in-distribution row (same choice).
+
+IA2 + SFT's dev loss is (1-w) L_IA2 + w L_SFT, a different objective for every w, so under
+``dev-loss`` the lr is chosen on dev loss within each w and w itself on dev accuracy.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from .errors import IA2Error
 from .methods import get_method
 
 RULES = {
-    "dev-loss": "learning rate chosen on dev loss (mean over runs)",
+    "dev-loss": "learning rate chosen on dev loss (mean over runs; the w of IA2 + SFT on dev accuracy)",
     "dev-acc": "learning rate chosen on dev accuracy (mean over runs)",
     "eval": "learning rate chosen on the EVALUATION set (paper protocol; optimistic)",
 }

@@ -45,6 +45,20 @@ class Store:
             raise IA2Error(f"{self.root} is not an ia2 results store (no store.json)", "pass the folder given to --out")
         for sub in ("records", "claims", "adapters", "targets"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self._remove_stale_temporaries()
+
+    def _remove_stale_temporaries(self, older_than: float = 3600.0) -> None:
+        """Temporary files of writes killed mid-way (``kill -9``, power loss); an hour old, so no live writer's."""
+        import shutil
+
+        now = time.time()
+        for folder in (self.root, *(self.root / sub for sub in ("records", "adapters", "targets"))):
+            for p in folder.glob(".*.tmp"):
+                try:
+                    if now - p.stat().st_mtime > older_than:
+                        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                except OSError:
+                    pass
 
     # --- records ---------------------------------------------------------------------------
     def record_path(self, uid: str) -> Path:
