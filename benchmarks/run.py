@@ -329,7 +329,20 @@ def bench_matmul(sizes: Sizes) -> dict:
             best = min(timed(lambda: [torch.matmul(a, b) for _ in range(inner)], device)[1] for _ in range(reps))
             per[str(n)] = round(2.0 * n ** 3 * inner / best / 1e9, 2)
         out[name] = {"device": device, "gflops_by_size": per, "best_gflops": max(per.values()),
+                     "threads": torch.get_num_threads(),
                      "how": f"torch.matmul of n x n, best of {sizes.matmul_reps}, FLOPs = 2 n^3"}
+    if not torch.cuda.is_available():  # the same at every thread count (contention makes fewer threads faster)
+        n, base = sizes.matmul_sizes[-1], torch.get_num_threads()
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        by_threads = {}
+        for th in sorted({1, base, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else base}):
+            torch.set_num_threads(th)
+            torch.matmul(a, b)
+            best = min(timed(lambda: torch.matmul(a, b))[1] for _ in range(max(1, sizes.matmul_reps)))
+            by_threads[str(th)] = round(2.0 * n ** 3 / best / 1e9, 2)
+        torch.set_num_threads(base)
+        out["fp32"]["gflops_by_threads"] = {"size": n, **by_threads}
+        out["fp32"]["best_gflops"] = max(out["fp32"]["best_gflops"], *by_threads.values())
     out["limit_gflops"] = out["bf16" if "bf16" in out else "fp32"]["best_gflops"]
     out["limit_fp32_gflops"] = out["fp32"]["best_gflops"]
     return out
@@ -405,6 +418,7 @@ def _gen_prompts(lm, data: Data, k: int) -> list[list[int]]:
 
 def bench_generative(lm, data: Data, sz: Sizes, dims: Dims) -> tuple[dict, dict]:
     """Teacher-style decoding of G tokens (capture + top-64 log-probs), and KV cache vs full recomputation."""
+    from ia2.activations import AttentionCapture
     from ia2.generation import greedy_decode
 
     tok, model, dev, G = lm.tokenizer, lm.model, lm.device, sz.gen_tokens
@@ -428,11 +442,11 @@ def bench_generative(lm, data: Data, sz: Sizes, dims: Dims) -> tuple[dict, dict]
     # length, so time = n_kv * mean(cost at length P, cost at length P + n_kv - 1) (trapezoid).
     seq = torch.tensor([p + kv.tokens[:-1]], device=dev)
 
-    def fwd(length):
-        with torch.no_grad():
+    def fwd(length):  # one full-recomputation step: forward over `length` tokens, attention captured
+        with torch.no_grad(), AttentionCapture(model, last=1):
             x = seq[:, :length]
-            return model(input_ids=x, position_ids=torch.arange(length, device=dev)[None], use_cache=False,
-                         logits_to_keep=1)
+            return model(input_ids=x, attention_mask=torch.ones_like(x),
+                         position_ids=torch.arange(length, device=dev)[None], use_cache=False, logits_to_keep=1)
 
     fwd(len(p))  # warm-up
     t_first = min(timed(lambda: fwd(len(p)), dev)[1] for _ in range(2))
@@ -593,6 +607,30 @@ def bench_adapters(lm, sz: Sizes) -> dict:
                     "detach); the evaluation itself costs the same either way"}
 
 
+def bench_threads(lm, data: Data) -> dict:
+    """One teacher-sized forward (4 ICL prompts, N = 4) at 1 thread and at every usable thread count."""
+    from ia2.prompts import left_pad
+
+    if lm.device.type != "cpu":
+        return {"skipped": "not on CPU"}
+    prompts = _gen_prompts(lm, data, 4)
+    batch = left_pad(prompts, lm.tokenizer.pad_token_id).model_inputs()
+    base = torch.get_num_threads()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    out = {"default_threads": base, "prompts": len(prompts), "tokens": int(batch["attention_mask"].sum())}
+    try:
+        for th in sorted({1, base, usable}):
+            torch.set_num_threads(th)
+            with torch.no_grad():
+                lm.model(**batch, logits_to_keep=1)
+                out[f"forward_s_threads{th}"] = round(min(
+                    timed(lambda: lm.model(**batch, logits_to_keep=1))[1] for _ in range(2)), 4)
+    finally:
+        torch.set_num_threads(base)
+    out["speedup_1_thread_vs_default"] = round(out[f"forward_s_threads{base}"] / out["forward_s_threads1"], 2)
+    return out
+
+
 def bench_model(name: str, data: Data, sz: Sizes, limit_gflops: float, log) -> dict:
     from ia2.models import load_model
 
@@ -603,7 +641,8 @@ def bench_model(name: str, data: Data, sz: Sizes, limit_gflops: float, log) -> d
                  "sizes": dataclasses.asdict(sz)}
     with torch.no_grad():  # warm-up
         lm.model(input_ids=torch.tensor([[1, 2, 3, 4]], device=lm.device), logits_to_keep=1)
-    steps = [("teacher_single", lambda: bench_teacher_single(lm, data, sz, dims)),
+    steps = [("threads", lambda: bench_threads(lm, data)),
+             ("teacher_single", lambda: bench_teacher_single(lm, data, sz, dims)),
              ("generative", lambda: bench_generative(lm, data, sz, dims)),
              ("training", lambda: bench_training(lm, data, sz, dims, limit_gflops)),
              ("evaluation", lambda: bench_evaluation(lm, data, sz, dims)),
@@ -686,9 +725,9 @@ def bench_sweeps(quick: bool, teacher_n4_s_per_example: dict, log) -> dict:
                      methods=["sft", "ia2", "ia2-then-sft"], lrs=[1e-4, 3e-4, 1e-3], limit_eval=50, max_epochs=5,
                      asim_examples=10)
     if quick:
-        smoke = smoke.replace(runs=[0, 1], lrs=[1e-3], limit_eval=4, max_epochs=1, asim_examples=2,
-                              methods=["zero-shot", "sft", "ia2", "ia2-then-sft"])
-        sst2 = sst2.replace(runs=[0, 1], lrs=[1e-3], limit_eval=4, max_epochs=1, asim_examples=2)
+        smoke = smoke.replace(runs=[0], lrs=[1e-3], limit_eval=4, max_epochs=1, asim_examples=2,
+                              methods=["zero-shot", "sft", "ia2"])
+        sst2 = sst2.replace(runs=[0], lrs=[1e-3], limit_eval=4, max_epochs=1, asim_examples=2, methods=["sft", "ia2"])
     out = {}
     for name, cfg in (("smoke", smoke), ("sst2_n4", sst2)):
         log(f"  sweep {name}: {len(cfg.units())} units, shared then unshared ...")
@@ -732,7 +771,9 @@ def _fmt(x, nd=2):
     if isinstance(x, bool):
         return "yes" if x else "no"
     if isinstance(x, float):
-        return f"{x:.{nd}f}" if abs(x) < 1e4 else f"{x:.3g}"
+        if x == 0 or abs(x) >= 1000:
+            return f"{x:,.0f}"
+        return f"{x:.1f}" if abs(x) >= 10 else f"{x:.3g}"
     return str(x)
 
 
@@ -850,8 +891,8 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    log = lambda msg: print(msg, flush=True)  # noqa: E731
     t_start = time.perf_counter()
+    log = lambda msg: print(f"[{time.perf_counter() - t_start:6.1f}s] {msg}", flush=True)  # noqa: E731
     started = dt.datetime.now(dt.timezone.utc).isoformat()
     argv_used = sys.argv[1:] if argv is None else argv
     command = "python benchmarks/run.py " + " ".join(shlex.quote(a) for a in argv_used)
@@ -863,8 +904,8 @@ def main(argv: list[str] | None = None) -> int:
     with LoadMonitor() as mon:
         log("matmul ...")
         results["matmul"] = bench_matmul(sizes_for(models[0] if models else SWEEP_MODEL, args.quick))
-        data = load_data()
-        results["data"] = data.source
+        data, t_data = timed(load_data)
+        results["data"] = {"source": data.source, "load_s": round(t_data, 2)}
         results["models"] = {}
         for name in models:
             log(f"model {name} ...")

@@ -198,7 +198,8 @@ def test_two_process_ddp_matches_single_process(two_process_run, micro):
     assert moved > 1e-3, "training did not move the adapter"
     assert diff < ATOL
     for s, d in zip(single["logs"], r0["logs"]):
-        assert (s["steps"], s["epochs"], s["best_step"], s["stopped"]) == (d["steps"], d["epochs"], d["best_step"], d["stopped"])
+        keys = ("steps", "epochs", "best_step", "stopped")
+        assert [s[k] for k in keys] == [d[k] for k in keys]
         for cs, cd in zip(s["curve"], d["curve"], strict=True):
             assert cs["step"] == cd["step"]
             assert cs["train_loss"] == pytest.approx(cd["train_loss"], rel=1e-4, abs=1e-6)
@@ -228,6 +229,33 @@ def test_cli_two_processes_write_one_record(two_process_run, tmp_path, monkeypat
     rd, rs = (json.loads(next((p / "records").glob("*.json")).read_text()) for p in (d, tmp_path / "s"))
     assert rd["train"]["stages"][0]["best_dev"] == pytest.approx(rs["train"]["stages"][0]["best_dev"], rel=1e-4)
     assert [r["eval_task"] for r in rd["results"]] == [r["eval_task"] for r in rs["results"]] == ["sst2"]
+
+
+def test_accelerate_configs_packaged_and_relaunch_command(monkeypatch):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from ia2 import distributed
+    from ia2.errors import IA2Error
+
+    kinds = {"single": "NO", "multi_gpu": "MULTI_GPU", "fsdp": "FSDP"}
+    for name in distributed.CONFIG_NAMES:
+        path = distributed.config_path(name)
+        assert path.is_file() and load_config_from_file(str(path)).distributed_type.name == kinds[name]
+    with pytest.raises(IA2Error, match="unknown accelerate config"):
+        distributed.config_path("nope")
+    calls = []
+    monkeypatch.setattr(distributed.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.setenv("IA2_NUM_PROCESSES", "2")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    argv = ["run", "--accelerate-config", "multi_gpu", "--n", "4", "--accelerate-config=x", "--out", "o"]
+    assert distributed.relaunch("multi_gpu", argv) == 0
+    cmd = calls[0]
+    assert cmd[cmd.index("--config_file") + 1].endswith("multi_gpu.yaml")
+    assert cmd[cmd.index("--num_processes") + 1] == "2"
+    assert cmd[cmd.index("-m", cmd.index("--config_file")):] == ["-m", "ia2", "--", "run", "--n", "4", "--out", "o"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(IA2Error, match="already distributed"):
+        distributed.relaunch("multi_gpu", argv)
 
 
 def test_report_to_unknown_backend_errors():

@@ -3,6 +3,7 @@ mismatch detection (SPEC section 2, "ICL targets"). Tiny random models, syntheti
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -261,6 +262,19 @@ def test_an_unreadable_cache_is_recomputed(computed, tmp_path):
     found, why = cache.load(single.key, _queries(lm, p, split))
     assert found is None and "unreadable" in why
     _recomputes(lm, p, split, cache, single.key, "unreadable")
+
+
+def test_tensors_not_matching_their_tokens_are_detected(computed, tmp_path):
+    lm, p, split, _, gen = computed
+    cache = TargetCache(tmp_path)
+    cache.save(gen)
+    _, js = cache.paths(gen.key)
+    meta = json.loads(js.read_text())
+    meta["examples"][0]["tokens"] = meta["examples"][0]["tokens"][:-1]  # G no longer matches acts [L, G, d]
+    js.write_text(json.dumps(meta))
+    found, why = cache.load(gen.key, _queries(lm, p, split))
+    assert found is None and "do not match" in why
+    _recomputes(lm, p, split, cache, gen.key, "do not match")
 
 
 def test_changed_query_ids_are_detected(computed, tmp_path):

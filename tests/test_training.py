@@ -483,6 +483,17 @@ def test_each_method_trains_only_adapter_parameters(shared_runner, stage_spy, me
     final = {k.replace(".default", ""): v for k, v in last.items()}
     for k, v in saved.items():
         assert torch.equal(v, final[k]), k
+    # what the frozen base computed for this unit (teacher targets, ICL activations for asim) came
+    # from the clean base, never through the attached adapter (peft injects into the base modules)
+    from ia2.targets import compute_targets
+
+    ctx = runner.ctx
+    t = ctx.targets()
+    clean = compute_targets(base, lm.tokenizer, t.key, ctx.pool, ctx.split)
+    for a, b in zip(t.train + t.dev, clean.train + clean.dev):
+        assert a.tokens == b.tokens and torch.equal(a.acts, b.acts)
+    for a, b in zip(ctx.base_icl_acts("sst2"), ctx.asim_acts(base, "sst2", with_demos=True)):
+        assert torch.equal(a, b)
 
 
 def _strip_timing(rec: dict) -> dict:

@@ -15,7 +15,6 @@ import importlib.metadata as md
 import importlib.util
 import os
 import platform
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path

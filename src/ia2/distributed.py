@@ -77,7 +77,7 @@ def get_accelerator():
         cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
         acc = Accelerator(cpu=cpu, kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=minutes))])
         if acc.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM", "XLA"):
-            raise IA2Error(f"ia2 trains data-parallel (DDP) only; accelerate is configured for {acc.distributed_type.name}",
+            raise IA2Error(f"ia2 trains data-parallel (DDP) only; accelerate is set up for {acc.distributed_type.name}",
                            "FSDP/DeepSpeed would shard the frozen base, which the main-process teacher pass and "
                            "evaluation cannot use; launch with --accelerate-config multi_gpu or torchrun")
         _ACCELERATOR = acc
@@ -239,11 +239,20 @@ def relaunch(config: str, argv: list[str], extra: list[str] | None = None) -> in
                        "drop --accelerate-config when using accelerate launch or torchrun yourself")
     path = config_path(config)
     extra = list(extra or [])
-    n = os.environ.get("IA2_NUM_PROCESSES") or (str(torch.cuda.device_count()) if torch.cuda.device_count() > 1 else None)
-    if n and path.stem != "single" and not any(a.startswith("--num_processes") for a in extra):
-        extra += ["--num_processes", n]  # default: one process per visible GPU
+    n = os.environ.get("IA2_NUM_PROCESSES")
+    packaged_multi = path.stem in ("multi_gpu", "fsdp") and path.parent == config_path("single").parent
+    if n is None and packaged_multi:  # default: one process per visible GPU
+        gpus = torch.cuda.device_count()
+        if gpus < 2:
+            raise IA2Error(f"--accelerate-config {path.stem} needs at least 2 GPUs, found {gpus}",
+                           "on CPU: torchrun --nproc_per_node 2 -m ia2 -- run ... (docs/scaling.md); "
+                           "or set IA2_NUM_PROCESSES")
+        n = str(gpus)
+    if n and not any(a.startswith(("--num_processes", "--num-processes")) for a in extra):
+        extra += ["--num_processes", n]
+    # "--": the launcher would otherwise read ia2's --n as an abbreviation of one of its own options
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(path), *extra,
-           "-m", "ia2", "--", *_strip_option(argv, "--accelerate-config")]  # "--": the launcher would read --n as its own
+           "-m", "ia2", "--", *_strip_option(argv, "--accelerate-config")]
     print(f"ia2: relaunching under accelerate ({path.name}): {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
     return subprocess.call(cmd)
 

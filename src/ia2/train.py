@@ -75,7 +75,8 @@ def train_stage(model, objective: Objective, train: list[StudentExample], dev: l
         nonlocal best_state, bad, last_check
         last_check = log.steps
         model.eval()
-        dev_loss = dp.mean_loss(objective, dev_set, pad_id, micro) if dp else mean_loss(model, objective, dev_set, pad_id, micro)
+        dev_loss = (dp.mean_loss(objective, dev_set, pad_id, micro) if dp  # all-reduced: the same on every rank
+                    else mean_loss(model, objective, dev_set, pad_id, micro))
         model.train()
         if not math.isfinite(dev_loss):  # weights already broken by the last step: stop, never "restore" them
             raise TrainingDiverged(objective.name, log.steps, dev_loss)
