@@ -154,6 +154,13 @@ class GroupContext:
         return self._memo[key]
 
 
+def _final_dev_loss(stage: dict, early_stop: str) -> float | None:
+    """The dev loss of the adapter actually kept: the best one, or the last check's under --early-stop last."""
+    if early_stop == "last" and stage["curve"]:
+        return stage["curve"][-1]["dev_loss"]
+    return stage["best_dev"]
+
+
 def _row(unit: Unit, uid: str, es: EvalSet, res: EvalResult, extra: dict) -> dict:
     m = res.metrics
     return {"uid": uid, "model": unit.model, "task": unit.task, "eval_task": es.task.name,
@@ -278,7 +285,7 @@ class Runner:
                           zip(ctx.base_icl_acts(name), ctx.asim_acts(peft_model, name, False))]
                 asim, asim_layers = metrics.asim_summary(per_ex) if per_ex else (None, None)
                 results.append(_row(unit, uid, es, res, {"asim": asim, "asim_layers": asim_layers,
-                                                         "dev_loss": stages[-1]["best_dev"], "dev_acc": dev_acc}))
+                                                         "dev_loss": _final_dev_loss(stages[-1], unit.early_stop), "dev_acc": dev_acc}))
                 preds[name] = _compact_predictions(res)
             eval_s = time.time() - t_eval
             adapter_dir = None
