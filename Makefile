@@ -17,7 +17,7 @@ $(BIN)/ia2: pyproject.toml
 install: $(BIN)/ia2
 
 demo: install
-	$(BIN)/ia2 run --task sst2 --n 4 --runs 0 --methods zero-shot,icl,sft,ia2,ia2-then-sft --lr 1e-3 --limit-eval 200 --out runs/demo
+	$(BIN)/ia2 run --task sst2 --n 4 --runs 0 --methods zero-shot,icl,sft,ia2,ia2-then-sft --lr 1e-3 --limit-eval 100 --asim-examples 50 --out runs/demo
 
 test: install
 	$(BIN)/python -m pytest -q

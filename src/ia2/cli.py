@@ -142,9 +142,20 @@ def execute(cfg, args, resume: bool, claim: bool = False) -> tuple:
     bar = tqdm(total=len(units), desc="units", unit="unit", file=sys.stderr, dynamic_ncols=True,
                disable=None if is_main() else True)
 
+    count = {"n": 0, "ran": 0}
+
     def progress(unit, status):
-        bar.set_postfix_str(f"{unit.task} N={unit.n} run={unit.run} {unit.method} {status}", refresh=False)
+        count["n"] += 1
+        what = f"{unit.task} N={unit.n} run={unit.run} {unit.method}" + (f" lr={unit.lr:g}" if unit.lr else "")
+        bar.set_postfix_str(f"{what} {status}", refresh=False)
         bar.update(1)
+        if bar.disable and is_main():  # logging to a file: one line per unit with an ETA instead of a bar
+            if status != "skipped":
+                count["ran"] += 1
+            elapsed = time.time() - t0
+            left = len(units) - count["n"]
+            eta = elapsed / count["ran"] * left if count["ran"] else 0.0
+            log(f"[{count['n']}/{len(units)}] {what}: {status} ({elapsed:.0f}s elapsed, ETA {eta:.0f}s)")
 
     t0 = time.time()
     try:
