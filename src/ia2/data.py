@@ -128,14 +128,11 @@ def _rows_to_examples(task: Task, rows: list[dict], label_format: str, where: st
         row = transforms.apply(task.transform, {**task.transform_args}, raw, i)
         if row is None:
             continue
-        missing = [f for f in fields if f not in row]
-        if missing:
-            raise IA2Error(f"{where}: row {i + 1} has no column '{missing[0]}' used in the prompt of task '{task.name}'",
-                           f"columns present: {', '.join(sorted(row))}")
-        missing = [f for f in answer_fields if f not in row]
-        if missing:
-            raise IA2Error(f"{where}: row {i + 1} has no column '{missing[0]}' used in the answer of task '{task.name}'",
-                           f"columns present: {', '.join(sorted(row))}")
+        for part, names in (("prompt", fields), ("answer", answer_fields)):
+            missing = [f for f in names if f not in row]
+            if missing:
+                raise IA2Error(f"{where}: row {i + 1} has no column '{missing[0]}' used in the {part} of task "
+                               f"'{task.name}'", f"columns present: {', '.join(sorted(row))}")
         query = task.prompt.format(**{k: row[k] for k in fields})
         if task.kind == "single":
             value = row.get(task.label_field)
