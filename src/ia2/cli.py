@@ -317,7 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         _setup_quiet()
         import torch
         from .distributed import world_size
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size()))  # CPU processes share the cores
+        # CPU processes share the cores; IA2_THREADS overrides (1 is faster on a machine busy with other work).
+        threads = int(os.environ.get("IA2_THREADS", 0)) or max(1, (os.cpu_count() or 1) // world_size())
+        torch.set_num_threads(threads)
         return args.fn(args) or 0
     except IA2Error as e:
         if debug:
