@@ -38,7 +38,7 @@ def spawn_workers(args, cfg) -> int:
         env = dict(os.environ)
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(w % gpus)
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // k)))
+        env.setdefault("IA2_THREADS", str(max(1, (os.cpu_count() or 1) // k)))  # cores shared by the workers
         procs.append(subprocess.Popen([sys.executable, "-m", "ia2", *base, "--worker-of", str(w)], env=env))
     codes = [p.wait() for p in procs]
     print(f"ia2: {k} workers finished with exit codes {codes}", file=sys.stderr)
