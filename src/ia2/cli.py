@@ -83,7 +83,7 @@ def add_exec_args(p: argparse.ArgumentParser) -> None:
                    help="training curves (train/dev loss per dev check); tensorboard logs go to OUT/tracking")
     p.add_argument("--accelerate-config", default=None, metavar="NAME",
                    help="re-run this command data-parallel under 'accelerate launch' with a packaged config "
-                        "(single, multi_gpu, fsdp) or an accelerate YAML file; see the README section "Scaling out"")
+                        "(single, multi_gpu, fsdp) or an accelerate YAML file; see the README section 'Scaling out'")
 
 
 def grid_overrides(args) -> dict:

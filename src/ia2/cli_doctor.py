@@ -117,7 +117,7 @@ def check_cuda() -> Check:
 def check_data() -> list[Check]:
     """IA2_DATA_DIR and which of the built-in tasks load offline from it."""
     root = os.environ.get("IA2_DATA_DIR")
-    hint = "export IA2_DATA_DIR=/path/to/shared/data (the local mirror; see the README section "Data")"
+    hint = "export IA2_DATA_DIR=/path/to/shared/data (the local mirror; see the README section 'Data')"
     if not root:
         return [Check("IA2_DATA_DIR", False, "not set: tasks are downloaded from the Hugging Face hub, "
                                              "which needs network access", hint, required=False)]

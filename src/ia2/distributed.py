@@ -245,7 +245,7 @@ def relaunch(config: str, argv: list[str], extra: list[str] | None = None) -> in
         gpus = torch.cuda.device_count()
         if gpus < 2:
             raise IA2Error(f"--accelerate-config {path.stem} needs at least 2 GPUs, found {gpus}",
-                           "on CPU: torchrun --nproc_per_node 2 -m ia2 -- run ... (README, "Scaling out"); "
+                           "on CPU: torchrun --nproc_per_node 2 -m ia2 -- run ... (README, 'Scaling out'); "
                            "or set IA2_NUM_PROCESSES")
         n = str(gpus)
     if n and not any(a.startswith(("--num_processes", "--num-processes")) for a in extra):
