@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+import textwrap
 
 from . import metrics
 from .io import atomic_path
@@ -26,7 +27,8 @@ def _figure(rows: int, cols: int, w: float = 3.2, h: float = 2.8) -> tuple[Figur
 
 
 def _save(fig: Figure, path: Path, title: str) -> Path:
-    fig.suptitle(title, fontsize=9)
+    width_chars = int(fig.get_figwidth() * 14)  # ~14 characters per inch at 9 pt: wrap, never crop
+    fig.suptitle(textwrap.fill(title, width_chars), fontsize=9)
     with atomic_path(path) as tmp:  # never a half-written figure (crash, full disk)
         fig.savefig(tmp, dpi=110, format=Path(path).suffix.lstrip(".") or "png")
     return path
