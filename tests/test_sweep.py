@@ -83,6 +83,18 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     assert f"{n_before} already done" in err
     assert _comparable(killed) == expected
 
+    # The resumed smoke store reports like any other: tables in three formats and decodable plots.
+    assert main(["report", str(killed), "--out", str(tmp_path / "report")]) == 0
+    rep = tmp_path / "report"
+    table = (rep / "table_tiny-llama_digits_N4.md").read_text()
+    for row in ("| sst2 | sst2 |", "finsen*", "poems*"):
+        assert row in table
+    assert "\\begin{tabular}" in (rep / "table_tiny-llama_digits_N4.tex").read_text()
+    assert (rep / "table_tiny-llama_digits_N4.csv").read_text().count("\n") > 3
+    import matplotlib.image
+    for png in rep.glob("*.png"):
+        assert matplotlib.image.imread(png).size > 0
+
 
 def test_two_workers_run_each_unit_once(tmp_path):
     out = tmp_path / "w"
