@@ -65,7 +65,7 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path):
             assert s["teacher_passes_saved"] > 0
 
     names = {(t["target"], t["model"]) for t in r["targets"]}
-    assert len(names) == 2 and all(isinstance(t["met"], bool) for t in r["targets"])
+    assert len(names) == 3 and all(isinstance(t["met"], bool) for t in r["targets"])
 
     md = (out / "BENCHMARKS.md").read_text()
     assert "python benchmarks/run.py" in md and "--quick" in md
