@@ -6,6 +6,7 @@ student is trained on are exactly the tokens the teacher produced after the same
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -51,7 +52,7 @@ def label_token_ids(tokenizer, labels: tuple[str, ...], task_name: str) -> list[
     return ids
 
 
-_ALIASES: dict = {}
+_ALIASES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # tokenizer -> {label ids: aliases}
 
 
 def label_aliases(tokenizer, label_ids: list[int]) -> list[set[int]]:
@@ -59,16 +60,17 @@ def label_aliases(tokenizer, label_ids: list[int]) -> list[set[int]]:
 
     SPEC: the prediction is the top-1 token *stripped*, so ` 1` counts as the label `1`.
     """
-    key = (id(tokenizer), tuple(label_ids))
-    if key not in _ALIASES:
+    per_tok = _ALIASES.setdefault(tokenizer, {})
+    key = tuple(label_ids)
+    if key not in per_tok:
         wanted = {tokenizer.decode([t]).strip(): i for i, t in enumerate(label_ids)}
         out = [{t} for t in label_ids]
         for tok_id in range(len(tokenizer)):
             text = tokenizer.decode([tok_id]).strip()
             if text in wanted:
                 out[wanted[text]].add(tok_id)
-        _ALIASES[key] = out
-    return _ALIASES[key]
+        per_tok[key] = out
+    return per_tok[key]
 
 
 def context_limit(model) -> int | None:
