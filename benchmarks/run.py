@@ -930,8 +930,8 @@ def render_markdown(r: dict) -> str:
                   [[n, t["prompts"], t["G"], sum(t["tokens_generated"]), t["stopped_early_at_eos"], t["seconds"],
                     t["examples_per_s"], t["generated_tokens_per_s"], f"{t['tokens_per_s_vs_batch1_kv']}x"]
                    for n, m in models.items() for t in [m["teacher_generative"]]]), "",
-           "Prompts: sst2 N=4 ICL prompts, `stop=None` so only EOS ends a sequence, attention captured and top-64 "
-           "log-probs kept, as in the generative teacher pass.", "",
+           "Prompts: " + "; ".join(sorted({f"{n}: {m['teacher_generative']['note']}" for n, m in models.items()}))
+           + " (as in the generative teacher pass).", "",
            _table(["model", "prompt tokens", "KV tokens", "KV s/token", "full tokens measured", "full s/token",
                    "speedup measured", "speedup for G (est.)", "tokens identical"],
                   [[n, d["prompt_tokens"], d["kv_tokens_generated"], d["kv_s_per_token"], d["full_tokens_measured"],
