@@ -87,7 +87,7 @@ def test_resume_skips_finished_units(first_run, capsys):
     before = {p.name: p.stat().st_mtime_ns for p in records}
     assert main([*GRID, "--resume", "--out", str(first_run)]) == 0
     err = capsys.readouterr().err
-    assert "0 units run, 4 reused, 0 failed" in err
+    assert "0 units run, 4 already in the store (--resume), 0 failed" in err
     assert {p.name: p.stat().st_mtime_ns for p in sorted((first_run / "records").glob("*.json"))} == before
     # a sweep over the same store is resumable by default: nothing to do either
     cfg = first_run.parent / "sweep.yaml"

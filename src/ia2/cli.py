@@ -202,7 +202,7 @@ def cmd_run(args) -> int:
                              list(cfg.methods).index(r["method"]) if r["method"] in cfg.methods else 99, r["lr"] or 0))
     print_table(rows)
     failed = [r for r in store.records() if r["uid"] in uids and r["status"] == "failed"]
-    log(f"{stats['done']} units run, {stats['skipped']} reused, {len(failed)} failed in {stats['wall_s']}s; "
+    log(f"{stats['done']} units run, {stats['skipped']} already in the store (--resume), {len(failed)} failed in {stats['wall_s']}s; "
         f"results: {store.root / 'results.jsonl'}")
     if failed:  # the other units ran and were kept; a failed unit still makes the command fail
         log(f"ia2: {len(failed)} unit(s) failed, recorded with status 'failed' (first: {failed[0]['error']})")
