@@ -65,3 +65,15 @@ def tiny_gemma():
     from ia2.models import load_model
 
     return load_model("tiny-gemma", device="cpu", dtype="fp32")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run 10-100x faster single-threaded on a busy 2-core machine, and one thread keeps CPU
+    results bit-reproducible; the previous setting is restored for the other test modules."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

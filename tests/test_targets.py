@@ -18,13 +18,7 @@ WORDS = ["good", "bad", "a fine film", "dull and slow", "great fun", "a mess", "
          "flat"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models are much faster single-threaded on a busy 2-core machine; restored afterwards
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fresh(kind: str = "tiny-llama"):

@@ -37,14 +37,7 @@ DEMOS = [Example("Text:loved every minute of it\nLabel:", "1"), Example("Text:a 
          Example("Text:the plot never comes together\nLabel:", "0")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models are 10-100x slower with 2 threads on a busy 2-core machine; one thread also keeps
-    # CPU results bit-reproducible. Restored afterwards so other test modules are unaffected.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fresh(kind: str = "tiny-llama"):
