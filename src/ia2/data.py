@@ -117,23 +117,35 @@ def _resolve(task: Task, split: str, notes: list[str]) -> tuple[str, str] | None
     return None
 
 
+def template_fields(template: str) -> list[str]:
+    return [f for _, f, _, _ in string.Formatter().parse(template) if f]
+
+
+def check_columns(row: dict, names: list[str], part: str, task: Task, where: str) -> None:
+    """A row missing a column used by a template is an error naming the column and the row's columns."""
+    missing = [f for f in names if f not in row]
+    if missing:
+        raise IA2Error(f"{where} has no column '{missing[0]}' used in the {part} of task '{task.name}'",
+                       f"columns present: {', '.join(sorted(row))}")
+
+
+def render_query(task: Task, row: dict, where: str) -> str:
+    fields = template_fields(task.prompt)
+    check_columns(row, fields, "prompt", task, where)
+    return task.prompt.format(**{k: row[k] for k in fields})
+
+
 def _rows_to_examples(task: Task, rows: list[dict], label_format: str, where: str) -> list[Example]:
     labels = task.label_strings(label_format) if task.kind == "single" else None
-    fields = [f for _, f, _, _ in string.Formatter().parse(task.prompt) if f]
-    answer_fields = [task.label_field] if task.kind == "single" else \
-        [f for _, f, _, _ in string.Formatter().parse(task.answer) if f]
+    answer_fields = [task.label_field] if task.kind == "single" else template_fields(task.answer)
     out: list[Example] = []
     user_task = task.origin != "builtin"
     for i, raw in enumerate(rows):
         row = transforms.apply(task.transform, {**task.transform_args}, raw, i)
         if row is None:
             continue
-        for part, names in (("prompt", fields), ("answer", answer_fields)):
-            missing = [f for f in names if f not in row]
-            if missing:
-                raise IA2Error(f"{where}: row {i + 1} has no column '{missing[0]}' used in the {part} of task "
-                               f"'{task.name}'", f"columns present: {', '.join(sorted(row))}")
-        query = task.prompt.format(**{k: row[k] for k in fields})
+        query = render_query(task, row, f"{where}: row {i + 1}")
+        check_columns(row, answer_fields, "answer", task, f"{where}: row {i + 1}")
         if task.kind == "single":
             value = row.get(task.label_field)
             if task.label_map is not None:

@@ -42,12 +42,11 @@ def score_single(model, tokenizer, prompts: list[list[int]], label_ids: list[int
                  batch_size: int = 16) -> EvalResult:
     """acc, ece, ece_paper and the label-set metrics from one forward pass per query."""
     records: dict = {}
-    for idx, probs in next_token_probs_batches(model, tokenizer, prompts, batch_size):
-        part = metrics.confidence_records(probs, label_ids, [gold[i] for i in idx])
-        _merge(records, part, idx, len(prompts))
     # A top-1 token that equals the label once stripped (e.g. " 1" for "1") is a correct prediction.
     aliases = label_aliases(tokenizer, label_ids)
-    records["correct"] = [t in aliases[g] for t, g in zip(records["top1_id"], records["gold"])]
+    for idx, probs in next_token_probs_batches(model, tokenizer, prompts, batch_size):
+        part = metrics.confidence_records(probs, label_ids, [gold[i] for i in idx], aliases)
+        _merge(records, part, idx, len(prompts))
     return EvalResult(metrics.metrics_from_records(records), records)
 
 

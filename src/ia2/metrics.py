@@ -187,7 +187,8 @@ def _gold_list(gold: Sequence[int] | torch.Tensor, n: int, n_labels: int) -> lis
 
 
 def confidence_records(
-    probs: torch.Tensor, label_ids: Sequence[int], gold: Sequence[int] | torch.Tensor
+    probs: torch.Tensor, label_ids: Sequence[int], gold: Sequence[int] | torch.Tensor,
+    aliases: Sequence[set[int]] | None = None,
 ) -> dict[str, list]:
     """Per-example predictions/confidences, in JSON-friendly lists, from next-token probabilities.
 
@@ -222,7 +223,9 @@ def confidence_records(
     label_probs = p[:, label_ids]
     # argmax of the renormalised label probs == argmax of the raw ones (positive scale)
     label_pred = label_probs.argmax(dim=-1)
-    gold_token = torch.tensor([label_ids[x] for x in g], dtype=torch.long)
+    # ``aliases[k]``: every token that counts as label k (e.g. " 1" for "1" once stripped); default: the label token.
+    accepted = aliases if aliases is not None else [{t} for t in label_ids]
+    correct = [int(t) in accepted[x] for t, x in zip(top1_id.tolist(), g)]
     g_t = torch.tensor(g, dtype=torch.long)
     return {
         "top1_id": top1_id.tolist(),
@@ -230,7 +233,7 @@ def confidence_records(
         "top10_renorm_conf": top10_conf.tolist(),
         "label_probs": label_probs.tolist(),
         "gold": g,
-        "correct": (top1_id == gold_token).tolist(),
+        "correct": correct,
         "label_correct": (label_pred == g_t).tolist(),
     }
 

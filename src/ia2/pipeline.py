@@ -56,6 +56,7 @@ class GroupContext:
     split: RunSplit = field(init=False)
     evals: dict[str, EvalSet] = field(init=False)
     notes: list[str] = field(init=False)
+    label_ids: list[int] | None = field(init=False)
     _targets: Targets | None = None
     _icl: dict = field(default_factory=dict)
     _memo: dict = field(default_factory=dict)
@@ -78,8 +79,9 @@ class GroupContext:
             exs = td.eval[: u.limit_eval] if u.limit_eval else td.eval
             lids = label_token_ids(tok, t.label_strings(u.label_format), t.name) if t.kind == "single" else None
             self.evals[name] = EvalSet(t, exs, [encode(tok, e.query) for e in exs], lids, td.notes)
-        if self.task.kind == "single":
-            label_token_ids(tok, self.task.label_strings(u.label_format), self.task.name)
+        # The source task's label tokens (dev accuracy), checked single-token here once per group.
+        self.label_ids = label_token_ids(tok, self.task.label_strings(u.label_format), self.task.name) \
+            if self.task.kind == "single" else None
 
     # --- teacher ---------------------------------------------------------------------------
     def targets(self) -> Targets:
@@ -309,8 +311,8 @@ class Runner:
             return None
         tok = ctx.lm.tokenizer
         exs = [ctx.pool[p] for p in ctx.split.dev]
-        lids = label_token_ids(tok, ctx.task.label_strings(ctx.unit.label_format), ctx.task.name)
-        res = evaluate(model, tok, ctx.task, [encode(tok, e.query) for e in exs], exs, lids, self.eval_batch_size)
+        res = evaluate(model, tok, ctx.task, [encode(tok, e.query) for e in exs], exs, ctx.label_ids,
+                       self.eval_batch_size)
         return res.metrics["acc"]
 
 

@@ -6,11 +6,11 @@
 from __future__ import annotations
 
 import json
-import string
 from pathlib import Path
 
 import torch
 
+from .data import render_query
 from .errors import IA2Error
 from .evaluate import next_token_probs_batches
 from .generation import greedy_decode
@@ -38,14 +38,7 @@ def load_adapter(adapter_dir: str | Path, model: str | None = None, device=None)
 
 
 def predict_rows(model, tokenizer, task, label_format: str, rows: list[dict], batch_size: int = 16) -> list[dict]:
-    fields = [f for _, f, _, _ in string.Formatter().parse(task.prompt) if f]
-    prompts = []
-    for i, row in enumerate(rows):
-        missing = [f for f in fields if f not in row]
-        if missing:
-            raise IA2Error(f"input row {i + 1} has no column '{missing[0]}' used in the prompt of task '{task.name}'",
-                           f"columns present: {', '.join(sorted(row))}")
-        prompts.append(encode(tokenizer, task.prompt.format(**{k: row[k] for k in fields})))
+    prompts = [encode(tokenizer, render_query(task, row, f"input row {i + 1}")) for i, row in enumerate(rows)]
     out: list[dict] = [{} for _ in rows]
     if task.kind == "single":
         labels = task.label_strings(label_format)
