@@ -130,10 +130,10 @@ def _free_port() -> str:
         return str(s.getsockname()[1])
 
 
-def _torchrun(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
+def _torchrun(args: list[str], timeout: int = 240, **env) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", _free_port(), *args]
-    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return subprocess.run(cmd, env={**_env(), **env}, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
 def test_single_process_has_no_accelerator(monkeypatch):
@@ -229,6 +229,49 @@ def test_cli_two_processes_write_one_record(two_process_run, tmp_path, monkeypat
     rd, rs = (json.loads(next((p / "records").glob("*.json")).read_text()) for p in (d, tmp_path / "s"))
     assert rd["train"]["stages"][0]["best_dev"] == pytest.approx(rs["train"]["stages"][0]["best_dev"], rel=1e-4)
     assert [r["eval_task"] for r in rd["results"]] == [r["eval_task"] for r in rs["results"]] == ["sst2"]
+
+
+# Sharded: baselines and a two-stage method, so the teacher, evaluation and both stages run collectively.
+CLI_FSDP = [*CLI_RUN[:CLI_RUN.index("--methods") + 1], "zero-shot,icl,ia2-then-sft",
+            *CLI_RUN[CLI_RUN.index("--methods") + 2:]]
+
+
+def test_fsdp_two_processes_match_single_process(tmp_path, monkeypatch):
+    """``ACCELERATE_USE_FSDP=true torchrun -m ia2 -- run ...``: the model is sharded (FSDP2) over 2 CPU processes;
+    teacher, baselines, training and evaluation run collectively; records, metrics and the saved adapter
+    match a single-process run."""
+    if not DATA.is_dir():
+        pytest.skip("shared data folder absent")
+    from safetensors.torch import load_file
+
+    from ia2.cli import main
+
+    proc = _torchrun(["-m", "ia2", "--", *CLI_FSDP, "--out", str(tmp_path / "fsdp")], ACCELERATE_USE_FSDP="true")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    monkeypatch.setenv("IA2_DATA_DIR", str(DATA))
+    assert main([*CLI_FSDP, "--out", str(tmp_path / "single")]) == 0
+    d, s = tmp_path / "fsdp", tmp_path / "single"
+    assert len(list((d / "targets").glob("*.safetensors"))) == 1  # one teacher pass, written once
+    recs = {p: {json.loads(f.read_text())["unit"]["method"]: json.loads(f.read_text())
+                for f in (p / "records").glob("*.json")} for p in (d, s)}
+    assert set(recs[d]) == set(recs[s]) == {"zero-shot", "icl", "ia2-then-sft"}
+    for method, rs in recs[s].items():
+        rd = recs[d][method]
+        assert rd["status"] == rs["status"] == "done"
+        for a, b in zip(rd["results"], rs["results"], strict=True):
+            assert a["acc"] == b["acc"] and a["label_acc"] == b["label_acc"], method
+            assert a["ece"] == pytest.approx(b["ece"], abs=1e-5), method
+            if b["asim"] is not None:
+                assert a["asim"] == pytest.approx(b["asim"], abs=1e-5), method
+    (ad,), (as_,) = (list((p / "adapters").iterdir()) for p in (d, s))
+    wd, ws = (load_file(str(p / "adapter_model.safetensors")) for p in (ad, as_))
+    assert set(wd) == set(ws)
+    diff = max(float((wd[k] - ws[k]).abs().max()) for k in ws)
+    print(f"FSDP: max |LoRA single - 2 sharded processes| = {diff:.2e}")
+    assert diff < ATOL
+    assert max(float(v.abs().max()) for k, v in ws.items() if "lora_B" in k) > 1e-4, "training did not move the adapter"
+    stages = [recs[p]["ia2-then-sft"]["train"]["stages"] for p in (d, s)]
+    assert [st["steps"] for st in stages[0]] == [st["steps"] for st in stages[1]]
 
 
 def test_accelerate_configs_packaged_and_relaunch_command(monkeypatch):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from .errors import IA2Error
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "o_proj")
@@ -75,5 +77,6 @@ def trainable_state(peft_model) -> dict:
 
 def load_trainable_state(peft_model, state: dict) -> None:
     params = dict(peft_model.named_parameters())
-    for n, v in state.items():
-        params[n].data.copy_(v)
+    with torch.no_grad():  # in place, so an optimizer or an FSDP shard keeps pointing at the same tensors
+        for n, v in state.items():
+            params[n].copy_(v)

@@ -27,6 +27,19 @@ Several processes (one per GPU, or CPU processes on the gloo backend):
   the other processes wait at a barrier and then load them from the cache.
 * Evaluation, saving adapters and writing records happen on the main process only.
 
+Sharded (FSDP: ``accelerate launch --config_file fsdp.yaml``, or ``ACCELERATE_USE_FSDP=true`` with
+torchrun), for base models that do not fit one device:
+
+* Every unit loads the base on the CPU, attaches its adapter, and shards the pair with torch's FSDP2
+  ``fully_shard`` (each decoder layer named by the model's ``_no_split_modules``, then the root), which
+  moves each process's shard to its device. There is one copy of the weights: the teacher pass and the
+  activation-similarity reference run through the same sharded model with the adapter disabled.
+* Every forward is collective, so all processes run the teacher pass, the baselines and the evaluation
+  together on the same inputs (identical results on every rank); only the main process writes.
+  Training shards each batch exactly as under DDP (FSDP averages gradients over processes like DDP).
+* The adapter is gathered to full tensors before ``save_pretrained``, so it loads in plain peft. The
+  sharded model is dropped after the unit and the next unit reloads the base (from the safetensors cache).
+
 Tracking (``--report-to none|tensorboard|wandb``): one curve per trained unit, fed from the dev
 checks of ``train_stage`` (main process only).
 """
@@ -76,12 +89,56 @@ def get_accelerator():
         minutes = float(os.environ.get("IA2_DIST_TIMEOUT_MIN", "180"))
         cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
         acc = Accelerator(cpu=cpu, kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=minutes))])
-        if acc.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM", "XLA"):
-            raise IA2Error(f"ia2 trains data-parallel (DDP) only; accelerate is set up for {acc.distributed_type.name}",
-                           "FSDP/DeepSpeed would shard the frozen base, which the main-process teacher pass and "
-                           "evaluation cannot use; launch with --accelerate-config multi_gpu or torchrun")
+        if acc.distributed_type.name in ("DEEPSPEED", "MEGATRON_LM", "XLA"):
+            raise IA2Error(f"ia2 trains with DDP or FSDP; accelerate is set up for {acc.distributed_type.name}",
+                           "launch with --accelerate-config multi_gpu (DDP) or fsdp (sharded), or torchrun")
         _ACCELERATOR = acc
     return _ACCELERATOR
+
+
+def sharded() -> bool:
+    """True when several processes shard the model (FSDP) instead of each holding a copy (DDP).
+
+    ``accelerate launch`` with an FSDP config sets ``ACCELERATE_USE_FSDP``; on CPU-only machines accelerate
+    itself reports MULTI_CPU, so the variable is read directly (set it by hand under torchrun).
+    """
+    if world_size() <= 1:
+        return False
+    acc = get_accelerator()
+    return acc.distributed_type.name == "FSDP" or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+
+
+def shard_model(model):
+    """Shard ``model`` (a base or a PeftModel) across the processes with FSDP2, in place; returns it.
+
+    Decoder layers (the classes in the HF model's ``_no_split_modules``) become one FSDP unit each and the
+    root holds the rest (embeddings, final norm, head). Parameters move to this process's device.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    acc = get_accelerator()
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = set(getattr(base, "_no_split_modules", None) or [])
+    layers = [m for m in base.modules() if type(m).__name__ in names]
+    if not layers:
+        raise IA2Error(f"cannot shard {type(base).__name__}: no decoder-layer class to wrap (_no_split_modules)",
+                       "use DDP (--accelerate-config multi_gpu) for this model")
+    mesh = init_device_mesh(acc.device.type, (acc.num_processes,))
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def full_state(model) -> dict:
+    """The trainable parameters as full (unsharded) CPU tensors; collective when the model is sharded."""
+    out = {}
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            full = p.full_tensor() if hasattr(p, "full_tensor") else p
+            out[n] = full.detach().cpu().clone()
+    return out
 
 
 def is_main() -> bool:
@@ -140,7 +197,9 @@ class DataParallel:
     """
 
     def __init__(self, acc, model, ddp_model, optimizer):
+        # Sharded (FSDP2): the model itself is the wrapper and averages gradients over processes like DDP.
         self.acc, self.model, self.ddp, self.optimizer = acc, model, ddp_model, optimizer
+        self.fsdp = ddp_model is model
         self.rank, self.world = acc.process_index, acc.num_processes
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.device = self.params[0].device if self.params else acc.device
@@ -151,8 +210,23 @@ class DataParallel:
         if acc is None or acc.num_processes <= 1:
             return None
         acc.free_memory()  # references left by a stage that raised (e.g. diverged)
+        if sharded():
+            return cls(acc, model, model, optimizer)
         ddp_model, optimizer = acc.prepare(model, optimizer)
         return cls(acc, model, ddp_model, optimizer)
+
+    @contextlib.contextmanager
+    def _no_sync(self):
+        """Accumulate this forward's gradient locally (no all-reduce / reduce-scatter yet)."""
+        if not self.fsdp:
+            with self.ddp.no_sync():
+                yield
+            return
+        self.model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            self.model.set_requires_gradient_sync(True)
 
     def _sum(self, value: float) -> float:
         t = torch.tensor([value], dtype=torch.float64, device=self.acc.device)
@@ -173,12 +247,14 @@ class DataParallel:
         local = 0.0
         for k, (chunk, weight) in enumerate(chunks):
             sync = k == len(chunks) - 1
-            with contextlib.nullcontext() if sync else self.ddp.no_sync():
-                per = objective.per_example(self.ddp, make_batch(chunk, pad_id, self.device))
+            with contextlib.nullcontext() if sync else self._no_sync():
+                per = objective.per_example(self.ddp, make_batch(chunk, pad_id, self.device), through_output=self.fsdp)
                 total = per.sum()
-                # The zero term gives every trainable parameter a gradient, so DDP's reducer never waits on
-                # a parameter the objective does not reach (e.g. custom MLP targets under the IA2 loss).
-                loss = total * (weight * self.world / b) + 0.0 * sum(p.sum() for p in self.params)
+                loss = total * (weight * self.world / b)
+                if not self.fsdp:
+                    # The zero term gives every trainable parameter a gradient, so DDP's reducer never waits
+                    # on a parameter the objective does not reach (e.g. custom MLP targets under the IA2 loss).
+                    loss = loss + 0.0 * sum(p.sum() for p in self.params)
                 loss.backward()
             if weight:
                 local += float(total.detach())

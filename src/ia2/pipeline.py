@@ -8,6 +8,7 @@ save the adapter -> write the record atomically.
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import time
 import traceback
@@ -24,7 +25,7 @@ from .evaluate import EvalResult, evaluate
 from .generation import greedy_decode
 from .io import atomic_path, write_json
 from .methods import StudentExample, get_method, stage_objective
-from .models import LoadedModel, load_model
+from .models import LoadedModel, default_dtype, load_model
 from .prompts import check_length, encode, encode_answer, icl_prompt, label_token_ids
 from .store import Store
 from .targets import TargetCache, TargetKey, Targets, get_targets
@@ -58,12 +59,15 @@ class GroupContext:
     notes: list[str] = field(init=False)
     label_ids: list[int] | None = field(init=False)
     _targets: Targets | None = None
+    # The frozen base as a context manager; sharded runs point it at the unit's model with its adapter disabled.
+    frozen: callable = None
     _icl: dict = field(default_factory=dict)
     _memo: dict = field(default_factory=dict)
     timing: dict = field(default_factory=lambda: {"teacher_s": 0.0})
 
     def __post_init__(self):
         u, tok = self.unit, self.lm.tokenizer
+        self.frozen = self.frozen or (lambda: contextlib.nullcontext(self.lm.model))
         self.task = get_task(u.task)
         if self.task.eval_only:
             raise IA2Error(f"task '{u.task}' is evaluation-only (no training pool)",
@@ -91,9 +95,10 @@ class GroupContext:
                             u.label_format, u.n, u.run, u.g_max,
                             "full" if u.g_max == 1 else f"top{max(64, u.kd_top_k or 0)}")
             t0 = time.time()
-            with distributed.main_first():  # several processes: main computes and caches, the others load
-                self._targets = get_targets(self.lm.model, self.lm.tokenizer, key, self.pool, self.split, self.cache,
-                                            self.teacher_batch_size, log=self.log)
+            sharded = distributed.sharded()  # all processes compute together; else main computes, the others load
+            with contextlib.nullcontext() if sharded else distributed.main_first(), self.frozen() as base:
+                self._targets = get_targets(base, self.lm.tokenizer, key, self.pool, self.split, self.cache,
+                                            self.teacher_batch_size, log=self.log, collective=sharded)
             self.timing["teacher_s"] += time.time() - t0
             self.timing["targets_reused"] = self._targets.reused
         return self._targets
@@ -152,7 +157,8 @@ class GroupContext:
     def base_icl_acts(self, name: str) -> list[torch.Tensor]:
         key = ("icl_acts", name)
         if key not in self._memo:
-            self._memo[key] = self.asim_acts(self.lm.model, name, with_demos=True)
+            with self.frozen() as base:
+                self._memo[key] = self.asim_acts(base, name, with_demos=True)
         return self._memo[key]
 
 
@@ -196,13 +202,45 @@ class Runner:
         self._zero_shot: dict = {}
 
     def model(self, name: str) -> LoadedModel:
-        if self.lm is None or self.lm.name != name:
-            self.lm, self.ctx, self._zero_shot = None, None, {}
+        if self.lm is None or self.lm.name != name or self.lm.model is None:
             t0 = time.time()
-            # Several processes: each on its own device (cuda:LOCAL_RANK), whatever --device says.
-            self.lm = load_model(name, distributed.device() or self.device, self.dtype)
-            self.log(f"loaded {name} in {time.time() - t0:.1f}s on {self.lm.device}")
+            lm = self._load(name)
+            if self.lm is not None and self.lm.name == name:  # sharded: the last unit dropped its model
+                self.lm.model = lm.model
+            else:
+                self.lm, self.ctx, self._zero_shot = lm, None, {}
+                self.log(f"loaded {name} in {time.time() - t0:.1f}s on {self.lm.device}")
         return self.lm
+
+    def _load(self, name: str) -> LoadedModel:
+        # Several processes: each on its own device (cuda:LOCAL_RANK), whatever --device says. Sharded: the
+        # full base is read on the CPU and shard_model moves each process's shard to its device.
+        dev = distributed.device()
+        if not distributed.sharded():
+            return load_model(name, dev or self.device, self.dtype)
+        lm = load_model(name, "cpu", self.dtype or default_dtype(dev))
+        lm.device = dev
+        return lm
+
+    @contextlib.contextmanager
+    def _sharded_unit(self, ctx: GroupContext, method):
+        """Sharded runs: the unit's model (base + fresh adapter when it trains) sharded over the processes; the
+        context's frozen base is that model with the adapter disabled. The model is dropped afterwards."""
+        torch.manual_seed(ctx.unit.run)
+        model = attach(ctx.lm.model, ctx.unit.adapter) if method.trains else ctx.lm.model
+        distributed.shard_model(model)
+
+        @contextlib.contextmanager
+        def frozen():
+            with model.disable_adapter() if method.trains else contextlib.nullcontext():
+                yield model
+
+        ctx.frozen = frozen
+        try:
+            yield model
+        finally:
+            ctx.lm.model = None
+            ctx.frozen = lambda: contextlib.nullcontext(ctx.lm.model)
 
     def context(self, unit: Unit) -> GroupContext:
         lm = self.model(unit.model)
@@ -225,20 +263,11 @@ class Runner:
                   "notes": ctx.notes, "results": [], "predictions": {}, "train": None}
         teacher_before = ctx.timing["teacher_s"]
         try:
-            if method.trains:
-                record.update(self._train_and_eval(unit, uid, ctx, method))
-            elif distributed.is_main():  # baselines: evaluated by the main process only
-                with_demos = unit.method == "icl"
-                for name, es in ctx.evals.items():
-                    if with_demos:
-                        res = ctx.eval_on(ctx.lm.model, name, True)
-                    else:  # zero-shot does not depend on N or the run: evaluate once per eval set
-                        key = (unit.model, name, unit.label_format, unit.limit_eval, unit.g_max)
-                        if key not in self._zero_shot:
-                            self._zero_shot[key] = ctx.eval_on(ctx.lm.model, name, False)
-                        res = self._zero_shot[key]
-                    record["results"].append(_row(unit, uid, es, res, {"asim": None, "asim_layers": None}))
-                    record["predictions"][name] = _compact_predictions(res)
+            with self._sharded_unit(ctx, method) if distributed.sharded() else contextlib.nullcontext() as model:
+                if method.trains:
+                    record.update(self._train_and_eval(unit, uid, ctx, method, model))
+                elif distributed.is_main() or model is not None:  # baselines: main only, or all when sharded
+                    self._baseline(unit, uid, ctx, model or ctx.lm.model, record)
         except TrainingDiverged as e:
             record.update(status="failed", error=str(e), failed_step=e.step, failed_stage=e.stage, results=[])
             self.log(f"unit {uid} ({unit.method}, lr={unit.lr}) failed: {e}")
@@ -251,16 +280,33 @@ class Runner:
             self.store.write(record)
         return record
 
-    def _train_and_eval(self, unit: Unit, uid: str, ctx: GroupContext, method) -> dict:
+    def _baseline(self, unit: Unit, uid: str, ctx: GroupContext, model, record: dict) -> None:
+        """Zero-shot or ICL: evaluate the frozen base on every eval set."""
+        for name, es in ctx.evals.items():
+            if unit.method == "icl":
+                res = ctx.eval_on(model, name, True)
+            else:  # zero-shot does not depend on N or the run: evaluate once per eval set
+                key = (unit.model, name, unit.label_format, unit.limit_eval, unit.g_max)
+                if key not in self._zero_shot:
+                    self._zero_shot[key] = ctx.eval_on(model, name, False)
+                res = self._zero_shot[key]
+            record["results"].append(_row(unit, uid, es, res, {"asim": None, "asim_layers": None}))
+            record["predictions"][name] = _compact_predictions(res)
+
+    def _train_and_eval(self, unit: Unit, uid: str, ctx: GroupContext, method, sharded_model=None) -> dict:
+        """Train a fresh adapter (or, sharded, the one ``sharded_model`` carries), evaluate it, save it."""
         check_compatible(unit.adapter, unit.method, method.needs_activations)
         lm = ctx.lm
-        # Everything the frozen base computes happens before the adapter is attached: get_peft_model
-        # injects adapter layers into the base modules themselves.
+        # Everything the frozen base computes happens before the adapter is attached (get_peft_model injects
+        # adapter layers into the base modules themselves), or, sharded, with the adapter disabled.
         ctx.targets()
         for name in ctx.evals:
             ctx.base_icl_acts(name)
-        torch.manual_seed(unit.run)
-        peft_model = attach(lm.model, unit.adapter)
+        if sharded_model is None:
+            torch.manual_seed(unit.run)
+            peft_model = attach(lm.model, unit.adapter)
+        else:
+            peft_model = sharded_model
         stages, results, preds = [], [], {}
         tracker = distributed.open_tracker(self.report_to, self.store.root / "tracking",
                                            f"{unit.task}-n{unit.n}-run{unit.run}-{unit.method}-lr{unit.lr:g}-{uid}",
@@ -276,7 +322,7 @@ class Runner:
                 log = train_stage(peft_model, obj, train, dev, tcfg, lm.tokenizer.pad_token_id, on_check=on_check)
                 stages.append({**asdict(log), "labels": obj.labels})
             train_s = time.time() - t_train - ctx.timing["teacher_s"] + teacher_s0
-            if not distributed.is_main():  # other processes only help train; the main one evaluates and saves
+            if not distributed.is_main() and sharded_model is None:  # DDP: the others only help train
                 return {"results": [], "predictions": {}, "train": {"stages": stages}, "adapter": None,
                         "train_s": train_s, "eval_s": 0.0}
             t_eval = time.time()
@@ -291,14 +337,17 @@ class Runner:
                 preds[name] = _compact_predictions(res)
             eval_s = time.time() - t_eval
             adapter_dir = None
-            if self.save_adapters:
+            # Sharded: gather the adapter to full tensors (collective) so the saved one loads in plain peft.
+            state = distributed.full_state(peft_model) if sharded_model is not None and self.save_adapters else None
+            if self.save_adapters and distributed.is_main():
                 adapter_dir = self.store.root / "adapters" / uid
                 with atomic_path(adapter_dir, is_dir=True) as tmp:
-                    peft_model.save_pretrained(str(tmp))
+                    peft_model.save_pretrained(str(tmp), state_dict=state)
                     write_json(tmp / "ia2_training.json", {"unit": unit.to_dict(), "stages": stages,
                                                            "ia2_version": __version__})
         finally:
-            lm.model = detach(peft_model)
+            if sharded_model is None:
+                lm.model = detach(peft_model)
             if tracker:
                 tracker.close()
         return {"results": results, "predictions": preds, "train": {"stages": stages},

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from . import __version__
+from . import __version__, distributed
 from .data import Example, RunSplit
 from .generation import greedy_decode
 from .io import atomic_path, write_json
@@ -145,17 +145,24 @@ class TargetCache:
 
 
 def get_targets(model, tokenizer, key: TargetKey, pool: list[Example], split: RunSplit,
-                cache: TargetCache | None, batch_size: int = 8, log=print) -> Targets:
-    """Load matching targets from the cache, or compute and store them; says which in ``log``."""
+                cache: TargetCache | None, batch_size: int = 8, log=print, collective: bool = False) -> Targets:
+    """Load matching targets from the cache, or compute and store them; says which in ``log``.
+
+    ``collective``: the model is sharded over processes, so either all of them load (the main process
+    found a valid cache entry) or all of them compute together; only the main process writes the cache.
+    """
     if cache is not None:
         _, queries = teacher_prompts(tokenizer, pool, split)
-        found, why = cache.load(key, queries)
+        main = not collective or distributed.is_main()
+        found, why = cache.load(key, queries) if main else (None, "absent")
+        if collective and distributed.agree(found is not None) and found is None:
+            found, why = cache.load(key, queries)  # written by the main process, already verified there
         if found is not None:
             log(f"teacher targets reused from cache ({key.task}, N={key.n}, run {key.run})")
             return found
         if why != "absent":
             log(f"teacher targets recomputed: {why}")
     t = compute_targets(model, tokenizer, key, pool, split, batch_size)
-    if cache is not None:
+    if cache is not None and (not collective or distributed.is_main()):
         cache.save(t)
     return t

@@ -135,10 +135,14 @@ class Objective:
     def needs_logits(self) -> bool:
         return self.name != "ia2"
 
-    def per_example(self, model, batch: StudentBatch) -> torch.Tensor:
-        acts, logits = forward(model, batch, self.needs_acts, self.needs_logits)
+    def per_example(self, model, batch: StudentBatch, through_output: bool = False) -> torch.Tensor:
+        """Per-example losses. ``through_output`` (sharded training): FSDP gathers a layer's weights for
+        backward when the gradient reaches that layer's output, so the IA2 loss, which reads attention outputs
+        inside the layers, also gets a zero-weighted path through the logits to reach every layer's output."""
+        acts, logits = forward(model, batch, self.needs_acts, self.needs_logits or through_output)
         if self.name == "ia2":
-            return ia2_loss(acts, batch)
+            loss = ia2_loss(acts, batch)
+            return loss + 0.0 * logits.float().sum(dim=(1, 2)) if through_output else loss
         if self.name == "sft":
             return ce_loss(logits, batch)
         if self.name == "kd":
