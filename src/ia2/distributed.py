@@ -267,11 +267,15 @@ class DataParallel:
         if not examples:
             return math.nan
         mine = shard(examples, self.rank, self.world)
+        chunks = [mine[i:i + micro] for i in range(0, len(mine), micro)]
+        if self.fsdp:  # every forward is collective: a short shard pads with forwards whose loss is dropped
+            n_forwards = math.ceil(math.ceil(len(examples) / self.world) / micro)
+            chunks += [None] * (n_forwards - len(chunks))
         total = 0.0
         with torch.no_grad():
-            for i in range(0, len(mine), micro):
-                batch = make_batch(mine[i:i + micro], pad_id, self.device)
-                total += float(objective.per_example(self.model, batch).sum())
+            for chunk in chunks:
+                per = objective.per_example(self.model, make_batch(chunk or examples[:1], pad_id, self.device))
+                total += float(per.sum()) if chunk else 0.0
         return self._sum(total) / len(examples)
 
     def close(self) -> None:
