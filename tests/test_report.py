@@ -299,3 +299,10 @@ def test_recomputed_asim_compares_with_the_frozen_base(store):
     assert got[(rec["uid"], "sst2")]["examples"] == 3
     assert math.isclose(got[(rec["uid"], "sst2")]["asim"], want, rel_tol=1e-6)
     assert {k[1] for k in got} == {"sst2", "finsen", "poems"}
+
+
+def test_table_name_says_generative_instead_of_label_format():
+    from ia2.report import Table
+
+    assert Table("m", "digits", 2, rows=[("gsm8k", "gsm8k", False), ("gsm8k", "gsm8ks", True)]).name == "m, generative, N=2"
+    assert Table("m", "words", 4, rows=[("sst2", "sst2", False)]).name == "m, words labels, N=4"

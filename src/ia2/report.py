@@ -74,7 +74,11 @@ class Table:
 
     @property
     def name(self) -> str:
-        return f"{self.model}, {self.label_format} labels, N={self.n}"
+        from .tasks import REGISTRY
+
+        # Generative tasks have no label format: say so rather than the (unused) default "digits".
+        generative = self.rows and all(REGISTRY[r[0]].kind == "generative" for r in self.rows if r[0] in REGISTRY)
+        return f"{self.model}, {'generative' if generative else f'{self.label_format} labels'}, N={self.n}"
 
     @property
     def slug(self) -> str:
