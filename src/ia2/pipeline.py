@@ -59,15 +59,14 @@ class GroupContext:
     notes: list[str] = field(init=False)
     label_ids: list[int] | None = field(init=False)
     _targets: Targets | None = None
-    # The frozen base as a context manager; sharded runs point it at the unit's model with its adapter disabled.
-    frozen: callable = None
+    # Sharded runs: a context manager giving the unit's model with its adapter disabled (see frozen()).
+    sharded_base: callable = None
     _icl: dict = field(default_factory=dict)
     _memo: dict = field(default_factory=dict)
     timing: dict = field(default_factory=lambda: {"teacher_s": 0.0})
 
     def __post_init__(self):
         u, tok = self.unit, self.lm.tokenizer
-        self.frozen = self.frozen or (lambda: contextlib.nullcontext(self.lm.model))
         self.task = get_task(u.task)
         if self.task.eval_only:
             raise IA2Error(f"task '{u.task}' is evaluation-only (no training pool)",
@@ -86,6 +85,10 @@ class GroupContext:
         # The source task's label tokens (dev accuracy), checked single-token here once per group.
         self.label_ids = label_token_ids(tok, self.task.label_strings(u.label_format), self.task.name) \
             if self.task.kind == "single" else None
+
+    def frozen(self):
+        """The frozen base model as a context manager (the loaded base, or the sharded unit's, adapter off)."""
+        return self.sharded_base() if self.sharded_base else contextlib.nullcontext(self.lm.model)
 
     # --- teacher ---------------------------------------------------------------------------
     def targets(self) -> Targets:
@@ -235,12 +238,11 @@ class Runner:
             with model.disable_adapter() if method.trains else contextlib.nullcontext():
                 yield model
 
-        ctx.frozen = frozen
+        ctx.sharded_base = frozen
         try:
             yield model
         finally:
-            ctx.lm.model = None
-            ctx.frozen = lambda: contextlib.nullcontext(ctx.lm.model)
+            ctx.lm.model, ctx.sharded_base = None, None
 
     def context(self, unit: Unit) -> GroupContext:
         lm = self.model(unit.model)
