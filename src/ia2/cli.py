@@ -216,15 +216,22 @@ def cmd_tasks(args) -> int:
     from .data import load_task_data
     from .tasks import REGISTRY
 
-    table = Table(title="tasks" + (f" (data: {os.environ.get('IA2_DATA_DIR')})" if os.environ.get("IA2_DATA_DIR") else " (data: hub)"))
+    data_dir = os.environ.get("IA2_DATA_DIR")
+    # Counting pool/eval sizes reads every dataset: instant from a local mirror, but from the hub it downloads
+    # (or, offline, retries for minutes), so without a mirror the sizes are opt-in (--data).
+    count = args.data if args.data is not None else bool(data_dir)
+    where = f"data: {data_dir}" if data_dir else "data: hub"
+    table = Table(title=f"tasks ({where})" if count else "tasks (sizes not counted: set IA2_DATA_DIR or pass --data)")
     for col in ("name", "kind", "labels", "word labels", "pool", "eval", "OOD pairs", "note"):
         table.add_column(col)
     for t in REGISTRY.values():
-        try:
-            td = load_task_data(t)
-            pool, ev, note = str(len(td.pool)), str(len(td.eval)), "; ".join(n.split(": ", 1)[1] for n in td.notes)
-        except IA2Error as e:
-            pool, ev, note = "-", "-", f"unavailable: {e.message}"
+        pool, ev, note = "-", "-", ""
+        if count:
+            try:
+                td = load_task_data(t)
+                pool, ev, note = str(len(td.pool)), str(len(td.eval)), "; ".join(n.split(": ", 1)[1] for n in td.notes)
+            except IA2Error as e:
+                note = f"unavailable: {e.message}"
         table.add_row(t.name, t.kind, " ".join(t.labels or ()) or t.parser or "", "/".join(x.strip() for x in t.word_labels or ()),
                       pool, ev, ", ".join(t.ood), note[:120])
     Console(width=200).print(table)
@@ -265,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("tasks", help="list the tasks, their labels, sizes and OOD pairs")
+    p.add_argument("--data", action=argparse.BooleanOptionalAction, default=None,
+                   help="count pool/eval sizes by loading each dataset (default: only when IA2_DATA_DIR is set)")
     p.set_defaults(fn=cmd_tasks)
 
     p = sub.add_parser("run", help="evaluate baselines and train methods on one grid")
