@@ -137,6 +137,29 @@ def test_summary_counts_and_ttest_pairs():
     assert summary["acc"]["ttest"]["mean_diff"] == pytest.approx(100 * (0.8 + 0.7 + 0.9 - 1.7) / 3)
 
 
+def test_summary_asim_means_the_selected_cells_and_compute_sums_unit_time():
+    from ia2.report import summarise
+
+    recs = []
+    for run in (0, 1):
+        for lr, dev_loss, asim in ((1e-3, 0.5, 0.9), (1e-4, 0.9, 0.1)):  # dev loss selects 1e-3
+            rec = record("ia2", lr, run, dev_loss, 0.5, 0.6)
+            for row in rec["results"]:
+                row["asim"] = asim + 0.02 * run
+            rec["timing"] = {"total_s": 1800.0}
+            rec["machine"] = {"cpu": "x86_64", "device": "cpu", "torch": "2.13.0+cpu"}
+            recs.append(rec)
+    recs.append({**record("sft", 1e-3, 0, 0.5, 0.5, 0.6), "timing": {"total_s": 3600.0}})
+    recs.append({**record("sft", 1e-3, 1, 0.5, 0.5, 0.6, status="failed"), "timing": {"total_s": 99.0}})
+    s = summarise(build_tables(select(done_rows(recs), "dev-loss")), recs)
+    (asim,) = s["asim"]
+    assert asim["means"] == {"ia2": pytest.approx(0.91)}  # the unselected lr (0.1, 0.12) never enters
+    c = s["compute"]
+    assert (c["units"], c["hours"]) == (5, pytest.approx(3.0))  # the failed unit is not counted
+    assert {(r["method"], r["units"]) for r in c["rows"]} == {("ia2", 4), ("sft", 1)}
+    assert c["machines"] == ["cpu x86_64, device cpu, torch 2.13.0+cpu"]
+
+
 def test_report_errors_are_user_errors(tmp_path):
     from ia2.cli import main
     from ia2.report import make_report
@@ -203,15 +226,15 @@ def test_markdown_table_layout(store):
 def test_selection_label_everywhere(store):
     md = (store / "report" / "table_tiny-llama_digits_N4.md").read_text()
     captions = [line for line in md.splitlines() if line.startswith("**") and "N=4" in line]
-    assert len(captions) == 5 and all("chosen on dev loss" in c for c in captions)
+    assert len(captions) == 6 and all("chosen on dev loss" in c for c in captions)  # 5 metrics + hyper-parameters
     assert "15 equal-width bins" in md and "15 equal-mass bins" in md
     assert "chosen on dev loss" in (store / "report" / "report.md").read_text()
     ev = (store / "report_eval" / "table_tiny-llama_digits_N4.md").read_text()
     ev_captions = [line for line in ev.splitlines() if line.startswith("**") and "N=4" in line]
-    assert len(ev_captions) == 5 and all("chosen on the EVALUATION set (paper protocol" in c for c in ev_captions)
+    assert len(ev_captions) == 6 and all("chosen on the EVALUATION set (paper protocol" in c for c in ev_captions)
     assert "Warning" in (store / "report_eval" / "report.md").read_text()
     tex = (store / "report_eval" / "table_tiny-llama_digits_N4.tex").read_text()
-    assert tex.count(r"\caption{") == tex.count("EVALUATION set") - 1 == 4
+    assert tex.count(r"\caption{") == tex.count("EVALUATION set") - 1 == 5
 
 
 def test_csv_and_latex(store):
@@ -221,7 +244,7 @@ def test_csv_and_latex(store):
     assert list(rows[0]) == ["model", "label_format", "n", "selected_on", "source_task", "eval_task", "ood", "metric"] + \
         [f"{c}{s}" for c in cols for s in ("", " std")]
     assert {(r["eval_task"], r["ood"]) for r in rows} == {("sst2", "0"), ("finsen", "1"), ("poems", "1")}
-    assert {r["metric"] for r in rows} == {"acc_pct", "ece", "ece_paper", "label_acc_pct", "lr", "ce_weight"}
+    assert {r["metric"] for r in rows} == {"acc_pct", "ece", "ece_paper", "label_acc_pct", "asim", "lr", "ce_weight"}
     lrs = {r["sft"] for r in rows if r["metric"] == "lr"}
     assert len(lrs) == 1 and float(lrs.pop()) in (1e-3, 3e-4)
     tex = (store / "report" / "table_tiny-llama_digits_N4.tex").read_text()
@@ -306,3 +329,20 @@ def test_table_name_says_generative_instead_of_label_format():
 
     assert Table("m", "digits", 2, rows=[("gsm8k", "gsm8k", False), ("gsm8k", "gsm8ks", True)]).name == "m, generative, N=2"
     assert Table("m", "words", 4, rows=[("sst2", "sst2", False)]).name == "m, words labels, N=4"
+
+
+def test_generative_tables_show_exact_match_and_no_token_metrics():
+    from ia2.report import METRIC, caption, table_markdown
+
+    recs = []
+    for method, lr in (("icl", None), ("sft", 1e-3)):
+        rec = record(method, lr, 0, 0.5, 0.5, 0.1, evals=("gsm8k",))
+        for row in rec["results"]:
+            row.update(task="gsm8k", eval_task="gsm8k", ece=None, ece_paper=None, label_acc=None, label_ece=None,
+                       asim=0.4 if lr else None)
+        recs.append(rec)
+    (table,) = build_tables(select(done_rows(recs), "dev-loss"))
+    assert [m.key for m in table.metrics()] == ["acc", "asim"]
+    assert "exact match" in caption(table, METRIC["acc"], "dev-loss")
+    md = table_markdown(table, "dev-loss")
+    assert "ECE" not in md and "top-1 next token" not in md

@@ -193,14 +193,17 @@ def asim_summary(records: list[dict], values: dict[tuple, dict]) -> dict:
 
 
 def _per_method(rows: list[dict]) -> list[dict]:
+    """Mean over eval tasks per setting; tasks, N and learning rates are never pooled (they answer different
+    questions, and an unselected lr would dilute the method's number)."""
+    keys = ("model", "label_format", "n", "task", "method", "lr")
     by = defaultdict(list)
     for r in rows:
-        by[(r["model"], r["method"])].append(r)
+        by[tuple(r[k] for k in keys)].append(r)
     out = []
-    for (model, method), rs in sorted(by.items(), key=lambda kv: (kv[0][0], _column_order(kv[0][1]))):
+    for key, rs in sorted(by.items(), key=lambda kv: (str(kv[0][:4]), _column_order(kv[0][4]), kv[0][5])):
         layer_sets = [r["layers"] for r in rs if r["layers"]]
         same = layer_sets and len({len(x) for x in layer_sets}) == 1
-        out.append({"model": model, "method": method, "rows": len(rs), "asim": statistics.fmean(r["asim"] for r in rs),
+        out.append({**dict(zip(keys, key)), "rows": len(rs), "asim": statistics.fmean(r["asim"] for r in rs),
                     "layers": [statistics.fmean(c) for c in zip(*layer_sets)] if same else []})
     return out
 
@@ -211,9 +214,11 @@ def _layers_text(layers: list[float]) -> str:
 
 def asim_markdown(res: dict) -> str:
     lines = ["# Activation similarity with ICL (asim)", "", f"Definition: {res['definition']}.", "",
-             "| model | method | rows | asim | per layer |", "|---|---|---:|---:|---|"]
-    lines += [f"| {p['model']} | {column_title(p['method'])} | {p['rows']} | {p['asim']:.3f} | "
-              f"{_layers_text(p['layers'])} |" for p in res["per_method"]]
+             "Per setting, mean over its evaluation tasks (rows):", "",
+             "| model | format | N | source | method | lr | eval rows | asim | per layer |",
+             "|---|---|---:|---|---|---:|---:|---:|---|"]
+    lines += [f"| {p['model']} | {p['label_format']} | {p['n']} | {p['task']} | {column_title(p['method'])} | "
+              f"{p['lr']:g} | {p['rows']} | {p['asim']:.3f} | {_layers_text(p['layers'])} |" for p in res["per_method"]]
     lines += ["", "| model | format | N | source | eval | method | lr | asim (std) | runs | examples | per layer |",
               "|---|---|---:|---|---|---|---:|---:|---:|---|---|"]
     for r in res["rows"]:

@@ -12,6 +12,7 @@ import io
 import math
 import re
 import statistics
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,7 +47,12 @@ METRICS = (
            "ECE (paper): confidence = top-1 probability renormalised over the top-10 tokens, 15 equal-mass bins"),
     Metric("label_acc", "Label-set accuracy (%)", 100.0, 1, True,
            "label-set accuracy: argmax over the label tokens only equals the label"),
+    Metric("asim", "asim", 1.0, 2, True,
+           "asim: cosine similarity of the attention outputs of the base model WITH demonstrations and of the "
+           "method WITHOUT them, at output positions, mean over layers (trained methods only)"),
 )
+# Generative tasks are scored on the answer parsed from the decoded text; the token-level metrics do not apply.
+GENERATIVE_ACC = "accuracy: the answer parsed from the greedy decoding equals the reference (exact match)"
 METRIC = {m.key: m for m in METRICS}
 
 
@@ -73,12 +79,19 @@ class Table:
     cells: dict[tuple, dict[str, Selection]] = field(default_factory=dict)
 
     @property
-    def name(self) -> str:
+    def generative(self) -> bool:
         from .tasks import REGISTRY
+        return bool(self.rows) and all(REGISTRY[r[0]].kind == "generative" for r in self.rows if r[0] in REGISTRY)
 
+    @property
+    def name(self) -> str:
         # Generative tasks have no label format: say so rather than the (unused) default "digits".
-        generative = self.rows and all(REGISTRY[r[0]].kind == "generative" for r in self.rows if r[0] in REGISTRY)
-        return f"{self.model}, {'generative' if generative else f'{self.label_format} labels'}, N={self.n}"
+        return f"{self.model}, {'generative' if self.generative else f'{self.label_format} labels'}, N={self.n}"
+
+    def metrics(self) -> list[Metric]:
+        """The metrics with at least one number in this table (generative tables: accuracy and asim)."""
+        return [m for m in METRICS
+                if any(values(self.cell(row, v), m.key) for row in self.rows for v in self.columns)]
 
     @property
     def slug(self) -> str:
@@ -151,8 +164,9 @@ def best_columns(table: Table, row: tuple, metric: Metric) -> set[str]:
 
 def caption(table: Table, metric: Metric, rule: str) -> str:
     runs = table.runs()
+    definition = GENERATIVE_ACC if metric.key == "acc" and table.generative else metric.definition
     return (f"{metric.title} — {table.name}. Mean (std) over {len(runs)} run(s) ({', '.join(map(str, runs))}); "
-            f"{rule_label(rule)}. {metric.definition[0].upper() + metric.definition[1:]}. "
+            f"{rule_label(rule)}. {definition[0].upper() + definition[1:]}. "
             f"`*` = out of distribution; bold = best in row. "
             "Trained adapters are evaluated without demonstrations; ICL uses N-1 of them.")
 
@@ -197,7 +211,7 @@ def hparam_markdown(table: Table, rule: str) -> str:
 
 def table_markdown(table: Table, rule: str) -> str:
     parts = [f"# {table.name}\n", f"Selection: **{rule_label(rule)}**.\n"]
-    parts += [markdown_table(table, m, rule) for m in METRICS]
+    parts += [markdown_table(table, m, rule) for m in table.metrics()]
     parts.append(hparam_markdown(table, rule))
     return "\n".join(parts)
 
@@ -248,7 +262,7 @@ def latex_table(table: Table, metric: Metric, rule: str) -> str:
 
 def table_latex(table: Table, rule: str) -> str:
     head = f"% {table.name}; {rule_label(rule)}. Requires \\usepackage{{booktabs}}.\n"
-    return head + "\n".join(latex_table(table, m, rule) for m in METRICS)
+    return head + "\n".join(latex_table(table, m, rule) for m in table.metrics())
 
 
 # --- summary: IA2 -> SFT vs SFT only -----------------------------------------------------------------
@@ -283,12 +297,43 @@ def compare(tables: list[Table], a: str = "ia2-then-sft", b: str = "sft") -> dic
     return out
 
 
-def summarise(tables: list[Table]) -> dict:
+def asim_by_method(tables: list[Table]) -> list[dict]:
+    """Mean asim of the reported (selected) configuration per table and method, over rows and runs."""
+    out = []
+    for t in tables:
+        means = {v: statistics.fmean(xs) for v in t.columns
+                 if (xs := [x for row in t.rows for x in values(t.cell(row, v), "asim")])}
+        if means:
+            out.append({"table": t.name, "means": means})
+    return out
+
+
+def compute_spent(records: list[dict]) -> dict:
+    """Wall time of the finished units (each record's ``timing.total_s``) per model and method."""
+    by: dict[tuple, list] = defaultdict(lambda: [0, 0.0])
+    machines = set()
+    for rec in records:
+        secs = (rec.get("timing") or {}).get("total_s")
+        if rec.get("status") != "done" or secs is None:
+            continue
+        cell = by[(rec["unit"]["model"], rec["unit"]["method"])]
+        cell[0] += 1
+        cell[1] += secs
+        m = rec.get("machine") or {}
+        machines.add(", ".join(f"{k} {m[k]}" for k in ("cpu", "device", "torch") if m.get(k)))
+    rows = [{"model": k[0], "method": k[1], "units": v[0], "hours": v[1] / 3600}
+            for k, v in sorted(by.items(), key=lambda kv: (kv[0][0], _column_order(kv[0][1])))]
+    return {"units": sum(r["units"] for r in rows), "hours": sum(r["hours"] for r in rows), "rows": rows,
+            "machines": sorted(machines - {""})}
+
+
+def summarise(tables: list[Table], records: list[dict] | None = None) -> dict:
     pairs = [("ia2-then-sft", "sft")]
     if any("sft (ICL labels)" in t.columns and "ia2-then-sft (ICL labels)" in t.columns for t in tables):
         pairs.append(("ia2-then-sft (ICL labels)", "sft (ICL labels)"))
     scopes = ([("all tables", tables)] if len(tables) > 1 else []) + [(t.name, [t]) for t in tables]
-    return {"comparisons": [{"scope": scope, **compare(ts, a, b)} for a, b in pairs for scope, ts in scopes]}
+    return {"comparisons": [{"scope": scope, **compare(ts, a, b)} for a, b in pairs for scope, ts in scopes],
+            "asim": asim_by_method(tables), "compute": compute_spent(records or [])}
 
 
 def _fmt_test(tt: dict) -> str:
@@ -309,6 +354,22 @@ def summary_markdown(summary: dict, rule: str) -> str:
             s = c[key]
             lines.append(f"| {column_title(c['a'])} vs {column_title(c['b'])} | {c['scope']} | {key} | {s['rows']} | "
                          f"{s['wins']} | {s['ties']} | {s['losses']} | {_fmt_test(s['ttest'])} |")
+    if summary.get("asim"):
+        cols = sorted({v for a in summary["asim"] for v in a["means"]}, key=_column_order)
+        lines += ["", "Mean asim of the reported configurations (over rows and runs; higher = closer to ICL's "
+                  "activations):", "", "| table | " + " | ".join(column_title(v) for v in cols) + " |",
+                  "|---|" + "---:|" * len(cols)]
+        lines += [f"| {a['table']} | " + " | ".join(f"{a['means'][v]:.3f}" if v in a["means"] else "-" for v in cols)
+                  + " |" for a in summary["asim"]]
+    return "\n".join(lines) + "\n"
+
+
+def compute_markdown(compute: dict) -> str:
+    lines = [f"{compute['units']} finished units, {compute['hours']:.2f} h of unit wall time (sum of the records' "
+             f"`timing.total_s`; units that ran in parallel count separately). Machine(s): "
+             f"{'; '.join(compute['machines']) or 'not recorded'}.", "",
+             "| model | method | units | hours |", "|---|---|---:|---:|"]
+    lines += [f"| {r['model']} | {column_title(r['method'])} | {r['units']} | {r['hours']:.2f} |" for r in compute["rows"]]
     return "\n".join(lines) + "\n"
 
 
@@ -360,7 +421,7 @@ def make_report(store_dir: str | Path, rule: str = "dev-loss", out: str | Path |
     selections = select(done_rows(records), rule)
     tables = build_tables(selections)
     files = write_tables(tables, rule, out)
-    summary = summarise(tables)
+    summary = summarise(tables, records)
     write_json(out / "summary.json", {"selected_on": rule, "selection": rule_label(rule), **summary})
     write_text(out / "selection.csv", selection_csv(selections, rule))
     figures = []
@@ -408,7 +469,8 @@ def _index(store: Store, records: list[dict], rule: str, files: list[dict], summ
     lines += ["## Summary: IA2 -> SFT vs SFT only", "", summary_markdown(summary, rule), "## Tables", ""]
     for f in files:
         lines += [f"### {f['table'].name}", "", f"[Markdown]({f['md']}) · [CSV]({f['csv']}) · [LaTeX]({f['tex']})", "",
-                  markdown_table(f["table"], METRIC["acc"], rule), markdown_table(f["table"], METRIC["ece"], rule)]
+                  *(markdown_table(f["table"], m, rule) for m in f["table"].metrics() if m.key in ("acc", "ece"))]
     lines += ["## Plots", ""] + [f"- [{p.stem}]({p.name})\n\n  ![{p.stem}]({p.name})" for p in figures]
     lines += ["", "## Analyses", ""] + _analysis_section(store.root, out)
+    lines += ["## Compute", "", compute_markdown(summary["compute"])]
     return "\n".join(lines) + "\n"
