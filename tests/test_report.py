@@ -271,6 +271,31 @@ def test_summary_matches_table_rows(store):
     assert "IA2 -> SFT vs SFT only" in index and str(store) in index and "ia2 report" in index
 
 
+def test_several_stores_report_as_one(store, tmp_path):
+    """Chunks in two stores (here: run 0 in one, run 1 in the other, run 0 in both) give the one-store report."""
+    import shutil
+
+    from ia2.cli import main
+    from ia2.report import make_report
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for dst, keep in ((a, {0}), (b, {0, 1})):
+        shutil.copytree(store, dst, ignore=shutil.ignore_patterns("report*", "analysis", "adapters", "targets"))
+        for p in (dst / "records").glob("*.json"):
+            if json.loads(p.read_text())["unit"]["run"] not in keep:
+                p.unlink()
+    (b / "records" / next((a / "records").glob("*.json")).name).unlink()  # a unit found only in a
+    make_report([a, b], out=tmp_path / "both", plots=False)
+    one = (store / "report" / "table_tiny-llama_digits_N4.csv").read_text()
+    assert (tmp_path / "both" / "table_tiny-llama_digits_N4.csv").read_text() == one
+    index = (tmp_path / "both" / "report.md").read_text()
+    n_done = sum(json.loads(p.read_text())["status"] == "done" for p in (store / "records").glob("*.json"))
+    assert f"records: {n_done} done" in index and str(a) in index and str(b) in index
+    with pytest.raises(IA2Error, match="pass --out"):
+        make_report([a, b])
+    assert main(["report", str(a), str(b)]) == 2
+
+
 def test_plots_decode(store):
     import matplotlib.image as mpimg
 

@@ -12,11 +12,12 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("report", help="paper-layout tables (Markdown, CSV, LaTeX), t-tests and plots",
                               description="Choose one learning rate (and ce weight) per cell, then write tables, "
                                           "a summary of IA2 -> SFT vs SFT, and plots under --out.")
-    p.add_argument("store", metavar="DIR", help="results store (the --out folder of ia2 run / sweep)")
+    p.add_argument("stores", nargs="+", metavar="DIR",
+                   help="results store(s) (the --out folder of ia2 run / sweep); several are reported as one")
     p.add_argument("--select-on", choices=list(RULES), default="dev-loss",
                    help="dev-loss (default) or dev-acc: chosen on the source task's dev set; "
                         "eval: on the evaluation set itself (the paper's protocol, labelled as such)")
-    p.add_argument("--out", default=None, help="output folder (default: DIR/report)")
+    p.add_argument("--out", default=None, help="output folder (default: DIR/report; required with several stores)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.set_defaults(fn=cmd_report)
 
@@ -26,9 +27,10 @@ def cmd_report(args) -> int:
 
     from .report import make_report
 
-    out = args.out or str(Path(args.store) / "report")
-    command = "ia2 report " + " ".join(shlex.quote(a) for a in [args.store, "--select-on", args.select_on, "--out", out]
+    out = args.out or (str(Path(args.stores[0]) / "report") if len(args.stores) == 1 else None)
+    command = "ia2 report " + " ".join(shlex.quote(a) for a in [*args.stores, "--select-on", args.select_on,
+                                                                "--out", out or "?"]
                                        + (["--no-plots"] if args.no_plots else []))
-    index = make_report(args.store, args.select_on, out, command, plots=not args.no_plots)
+    index = make_report(args.stores, args.select_on, out, command, plots=not args.no_plots)
     print(f"report: {index}", file=sys.stderr)
     return 0

@@ -412,11 +412,30 @@ def selection_csv(selections: list[Selection], rule: str) -> str:
     return buf.getvalue()
 
 
-def make_report(store_dir: str | Path, rule: str = "dev-loss", out: str | Path | None = None,
+def merge_records(loaded: list[tuple[Store, list[dict]]]) -> list[dict]:
+    """Records of several stores as one list; a unit found in more than one store counts once (a finished copy
+    wins over an unfinished one, then the first store given)."""
+    by_uid: dict[str, dict] = {}
+    for _, records in loaded:
+        for rec in records:
+            old = by_uid.get(rec["uid"])
+            if old is None or (old.get("status") != "done" and rec.get("status") == "done"):
+                by_uid[rec["uid"]] = rec
+    return list(by_uid.values())
+
+
+def make_report(store_dirs: str | Path | list, rule: str = "dev-loss", out: str | Path | None = None,
                 command: str | None = None, plots: bool = True) -> Path:
-    """Write tables, summary, plots and ``report.md`` under ``out``; returns the index path."""
-    store, records = load_records(store_dir)
-    out = Path(out) if out else store.root / "report"
+    """Write tables, summary, plots and ``report.md`` under ``out``; returns the index path.
+
+    Several stores (e.g. chunks run in different sessions or on different machines) are reported as one;
+    units whose settings differ within a cell are still refused by the selection."""
+    dirs = [store_dirs] if isinstance(store_dirs, (str, Path)) else list(store_dirs)
+    if len(dirs) > 1 and out is None:
+        raise IA2Error("several stores need an output folder", "pass --out, e.g. --out runs/report-all")
+    loaded = [load_records(d) for d in dirs]
+    stores, records = [s for s, _ in loaded], merge_records(loaded)
+    out = Path(out) if out else stores[0].root / "report"
     out.mkdir(parents=True, exist_ok=True)
     selections = select(done_rows(records), rule)
     tables = build_tables(selections)
@@ -428,22 +447,25 @@ def make_report(store_dir: str | Path, rule: str = "dev-loss", out: str | Path |
     if plots:
         from .plots import make_plots
         figures = make_plots(tables, records, out, rule_label(rule))
-    index = _index(store, records, rule, files, summary, figures, out, command)
+    index = _index(stores, records, rule, files, summary, figures, out, command)
     write_text(out / "report.md", index)
     return out / "report.md"
 
 
-def _analysis_section(root: Path, out: Path) -> list[str]:
-    adir = root / "analysis"
-    found = [p for p in (adir / "overlap.md", adir / "asim.md") if p.exists()]
-    if not found:
-        return ["No analyses found (run `ia2 analyze` on the store to add LoRA overlap and asim summaries).", ""]
+def _analysis_section(roots: list[Path], out: Path) -> list[str]:
     lines = []
-    for p in found:
-        rel = Path(_relpath(p, out))
-        text = "\n" + p.read_text(encoding="utf-8").strip()
-        lines += [text.replace("\n# ", "\n### ").strip(), "",
-                  f"Source: [{rel}]({rel}) and [{rel.with_suffix('.json')}]({rel.with_suffix('.json')}).", ""]
+    for root in roots:
+        adir = root / "analysis"
+        found = [p for p in (adir / "overlap.md", adir / "asim.md") if p.exists()]
+        where = f" of `{_relpath(root, out)}`" if len(roots) > 1 else ""
+        if not found:
+            lines += [f"No analyses found{where} (run `ia2 analyze` on the store to add LoRA overlap and asim "
+                      "summaries).", ""]
+        for p in found:
+            rel = Path(_relpath(p, out))
+            text = "\n" + p.read_text(encoding="utf-8").strip()
+            lines += [(text.replace("\n# ", "\n### ").strip()).replace("\n", f"{where}\n", 1), "",
+                      f"Source: [{rel}]({rel}) and [{rel.with_suffix('.json')}]({rel.with_suffix('.json')}).", ""]
     return lines
 
 
@@ -452,12 +474,13 @@ def _relpath(p: Path, start: Path) -> str:
     return os.path.relpath(p.resolve(), start.resolve())
 
 
-def _index(store: Store, records: list[dict], rule: str, files: list[dict], summary: dict, figures: list[Path],
-           out: Path, command: str | None) -> str:
+def _index(stores: list[Store], records: list[dict], rule: str, files: list[dict], summary: dict,
+           figures: list[Path], out: Path, command: str | None) -> str:
     done = sum(r.get("status") == "done" for r in records)
+    roots = " ".join(str(s.root) for s in stores)
     lines = ["# IA2 report", "",
-             f"- store: `{store.root.resolve()}`",
-             f"- command: `{command or f'ia2 report {store.root} --select-on {rule} --out {out}'}`",
+             f"- store{'s' if len(stores) > 1 else ''}: " + ", ".join(f"`{s.root.resolve()}`" for s in stores),
+             f"- command: `{command or f'ia2 report {roots} --select-on {rule} --out {out}'}`",
              f"- generated: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by ia2 {__version__}",
              f"- records: {done} done, {len(records) - done} failed or unfinished (ignored)",
              f"- selection: **{rule_label(rule)}** (per model, source task, eval task, label format, N and method;"
@@ -471,6 +494,6 @@ def _index(store: Store, records: list[dict], rule: str, files: list[dict], summ
         lines += [f"### {f['table'].name}", "", f"[Markdown]({f['md']}) · [CSV]({f['csv']}) · [LaTeX]({f['tex']})", "",
                   *(markdown_table(f["table"], m, rule) for m in f["table"].metrics() if m.key in ("acc", "ece"))]
     lines += ["## Plots", ""] + [f"- [{p.stem}]({p.name})\n\n  ![{p.stem}]({p.name})" for p in figures]
-    lines += ["", "## Analyses", ""] + _analysis_section(store.root, out)
+    lines += ["", "## Analyses", ""] + _analysis_section([s.root for s in stores], out)
     lines += ["## Compute", "", compute_markdown(summary["compute"])]
     return "\n".join(lines) + "\n"
