@@ -160,6 +160,19 @@ def test_summary_asim_means_the_selected_cells_and_compute_sums_unit_time():
     assert c["machines"] == ["cpu x86_64, device cpu, torch 2.13.0+cpu"]
 
 
+def test_only_filters_units_and_keeps_baselines():
+    from ia2.report import filter_records, parse_filters
+
+    recs = disagreeing_records() + [record("icl", None, 0, None, None, 0.5)]
+    kept = filter_records(recs, parse_filters(["lr=1e-3"]))
+    assert {(r["unit"]["method"], r["unit"]["lr"]) for r in kept} == {("sft", 1e-3), ("icl", None)}
+    assert [r["unit"]["run"] for r in filter_records(recs, parse_filters(["lr=0.001", "run=1", "model=m"]))] == [1]
+    assert filter_records(recs, parse_filters(["model=other"])) == []
+    for bad in ("lr", "learning_rate=1e-3"):
+        with pytest.raises(IA2Error, match="bad --only"):
+            parse_filters([bad])
+
+
 def test_report_errors_are_user_errors(tmp_path):
     from ia2.cli import main
     from ia2.report import make_report

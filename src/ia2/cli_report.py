@@ -19,18 +19,24 @@ def register(subparsers) -> None:
                         "eval: on the evaluation set itself (the paper's protocol, labelled as such)")
     p.add_argument("--out", default=None, help="output folder (default: DIR/report; required with several stores)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    p.add_argument("--only", action="append", metavar="FIELD=VALUE",
+                   help="report only units with this unit setting, e.g. --only lr=1e-3 --only n=4 (repeatable; "
+                        "units without the field, like the baselines' lr, are kept)")
     p.set_defaults(fn=cmd_report)
 
 
 def cmd_report(args) -> int:
     from pathlib import Path
 
-    from .report import make_report
+    from .report import make_report, parse_filters
+
+    filters = parse_filters(args.only)
 
     out = args.out or (str(Path(args.stores[0]) / "report") if len(args.stores) == 1 else None)
     command = "ia2 report " + " ".join(shlex.quote(a) for a in [*args.stores, "--select-on", args.select_on,
                                                                 "--out", out or "?"]
-                                       + (["--no-plots"] if args.no_plots else []))
-    index = make_report(args.stores, args.select_on, out, command, plots=not args.no_plots)
+                                       + (["--no-plots"] if args.no_plots else [])
+                                       + [f"--only={f}" for f in args.only or []])
+    index = make_report(args.stores, args.select_on, out, command, plots=not args.no_plots, filters=filters)
     print(f"report: {index}", file=sys.stderr)
     return 0

@@ -424,8 +424,40 @@ def merge_records(loaded: list[tuple[Store, list[dict]]]) -> list[dict]:
     return list(by_uid.values())
 
 
+def parse_filters(specs: list[str] | None) -> dict[str, str]:
+    """``FIELD=VALUE`` strings (``--only lr=1e-3``) into a dict, checking FIELD against the unit's fields."""
+    from dataclasses import fields as dc_fields
+
+    from .config import Unit
+
+    known = {f.name for f in dc_fields(Unit)}
+    out = {}
+    for spec in specs or []:
+        key, sep, value = spec.partition("=")
+        if not sep or key not in known:
+            raise IA2Error(f"bad --only '{spec}'", f"write FIELD=VALUE with FIELD one of {', '.join(sorted(known))}")
+        out[key] = value
+    return out
+
+
+def _matches(value, wanted: str) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value) == wanted
+    try:
+        return math.isclose(float(value), float(wanted), rel_tol=1e-9)
+    except ValueError:
+        return False
+
+
+def filter_records(records: list[dict], filters: dict[str, str]) -> list[dict]:
+    """Keep records whose unit matches every filter; a field a unit does not have (None: e.g. the lr of a
+    baseline) does not exclude it, so ``lr=1e-3`` keeps the baselines beside the lr-1e-3 adapters."""
+    return [r for r in records
+            if all(r["unit"].get(k) is None or _matches(r["unit"][k], v) for k, v in filters.items())]
+
+
 def make_report(store_dirs: str | Path | list, rule: str = "dev-loss", out: str | Path | None = None,
-                command: str | None = None, plots: bool = True) -> Path:
+                command: str | None = None, plots: bool = True, filters: dict[str, str] | None = None) -> Path:
     """Write tables, summary, plots and ``report.md`` under ``out``; returns the index path.
 
     Several stores (e.g. chunks run in different sessions or on different machines) are reported as one;
@@ -434,7 +466,9 @@ def make_report(store_dirs: str | Path | list, rule: str = "dev-loss", out: str 
     if len(dirs) > 1 and out is None:
         raise IA2Error("several stores need an output folder", "pass --out, e.g. --out runs/report-all")
     loaded = [load_records(d) for d in dirs]
-    stores, records = [s for s, _ in loaded], merge_records(loaded)
+    stores, records = [s for s, _ in loaded], filter_records(merge_records(loaded), filters or {})
+    if not any(r.get("status") == "done" for r in records):
+        raise IA2Error(f"no finished records match {filters}", "check the --only FIELD=VALUE filters")
     out = Path(out) if out else stores[0].root / "report"
     out.mkdir(parents=True, exist_ok=True)
     selections = select(done_rows(records), rule)
@@ -447,7 +481,7 @@ def make_report(store_dirs: str | Path | list, rule: str = "dev-loss", out: str 
     if plots:
         from .plots import make_plots
         figures = make_plots(tables, records, out, rule_label(rule))
-    index = _index(stores, records, rule, files, summary, figures, out, command)
+    index = _index(stores, records, rule, files, summary, figures, out, command, filters)
     write_text(out / "report.md", index)
     return out / "report.md"
 
@@ -475,14 +509,15 @@ def _relpath(p: Path, start: Path) -> str:
 
 
 def _index(stores: list[Store], records: list[dict], rule: str, files: list[dict], summary: dict,
-           figures: list[Path], out: Path, command: str | None) -> str:
+           figures: list[Path], out: Path, command: str | None, filters: dict[str, str] | None = None) -> str:
     done = sum(r.get("status") == "done" for r in records)
     roots = " ".join(str(s.root) for s in stores)
     lines = ["# IA2 report", "",
              f"- store{'s' if len(stores) > 1 else ''}: " + ", ".join(f"`{s.root.resolve()}`" for s in stores),
              f"- command: `{command or f'ia2 report {roots} --select-on {rule} --out {out}'}`",
              f"- generated: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by ia2 {__version__}",
-             f"- records: {done} done, {len(records) - done} failed or unfinished (ignored)",
+             f"- records: {done} done, {len(records) - done} failed or unfinished (ignored)"
+             + (f"; only units with {', '.join(f'{k}={v}' for k, v in filters.items())}" if filters else ""),
              f"- selection: **{rule_label(rule)}** (per model, source task, eval task, label format, N and method;"
              f" all candidates in [selection.csv](selection.csv))",
              "- metrics: " + "; ".join(m.definition for m in METRICS), ""]
