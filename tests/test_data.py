@@ -182,3 +182,16 @@ def test_icl_demos_for_eval():
         assert len(d) == 5 and len(set(d)) == 5 and set(d) <= set(pool)
     with pytest.raises(IA2Error):
         icl_demos_for_eval(pool[:3], 2, 4, run=0)
+
+
+def test_single_label_dev_set_is_noted():
+    from ia2.data import Example, RunSplit, single_label_dev_note
+
+    pool = [Example(f"q{i}", " negative" if i % 2 else " positive", label=i % 2) for i in range(6)]
+    one = RunSplit(0, [0, 2], [1, 3], [4, 5], [[2], [0]])  # dev: two negatives
+    note = single_label_dev_note("sst2", one, pool)
+    assert note.startswith("sst2: the dev set of run 0 (2 example(s)) has the single label ' negative'")
+    assert single_label_dev_note("sst2", RunSplit(1, [0, 2], [1, 2], [4, 5], [[2], [0]]), pool) is None
+    assert single_label_dev_note("sst2", RunSplit(2, [0, 1], [], [2], [[1], [0]]), pool) is None
+    gen = [Example("q", "42", gold="42"), Example("q", "42", gold="42")]
+    assert single_label_dev_note("gsm8k", RunSplit(0, [0], [1], [], [[]]), gen) is None  # no labels to collapse to

@@ -18,6 +18,9 @@ copy_store runs/study $R/study/store
 if [ -d runs/ablation-epochs/records ]; then
   copy_store runs/ablation-epochs $R/ablations/ia2-epochs/store
   "$IA2" report $R/ablations/ia2-epochs/store --out $R/ablations/ia2-epochs/report
+  # the study's 50-epoch units with the same model, task, N and lr, for comparison
+  "$IA2" report $R/study/store --only model=gemma3-270m --only n=4 --only label_format=words --only lr=1e-3 \
+      --out $R/ablations/ia2-epochs/baseline-report
 fi
 # Every store of the study as one report (the per model and N summary of docs/REPRODUCTION.md).
 "$IA2" report $R/sst2-n4/store $R/agnews-words-n4/store $R/study/store --out $R/overall

@@ -266,6 +266,17 @@ def make_split(pool_size: int, n: int, run: int, max_demos: int | None = None) -
     return RunSplit(run, [int(x) for x in train], [int(x) for x in dev], [int(x) for x in demo_pool], demos)
 
 
+def single_label_dev_note(task: str, split: RunSplit, pool: list[Example]) -> str | None:
+    """A note when every dev example of a run has the same label (likely at N/2 = 2). Dev loss then rewards
+    predicting that label with certainty, so early stopping and restore-best can keep an adapter that has
+    collapsed to one class; the split itself stays the reference scripts' (unstratified) one."""
+    labels = {pool[i].answer for i in split.dev}
+    if len(split.dev) == 0 or len(labels) != 1 or pool[split.dev[0]].label is None:
+        return None
+    return (f"{task}: the dev set of run {split.run} ({len(split.dev)} example(s)) has the single label "
+            f"{next(iter(labels))!r}; dev loss cannot tell collapse to that label from learning the task")
+
+
 def icl_demos_for_eval(demo_pool: list[int], n_eval: int, k: int, run: int) -> list[list[int]]:
     """k demonstrations per evaluation query, drawn without replacement from the demo pool (seeded by run)."""
     if k > len(demo_pool):

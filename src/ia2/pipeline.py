@@ -19,7 +19,7 @@ import torch
 from . import __version__, distributed, metrics
 from .adapters import attach, check_compatible, detach
 from .config import Unit
-from .data import Example, RunSplit, icl_demos_for_eval, load_task_data, make_split
+from .data import Example, RunSplit, icl_demos_for_eval, load_task_data, make_split, single_label_dev_note
 from .errors import IA2Error, TrainingDiverged
 from .evaluate import EvalResult, evaluate
 from .generation import greedy_decode
@@ -74,6 +74,8 @@ class GroupContext:
         src = load_task_data(self.task, u.label_format)
         self.pool, self.notes = src.pool, list(src.notes)
         self.split = make_split(len(self.pool), u.n, u.run)
+        if note := single_label_dev_note(self.task.name, self.split, self.pool):
+            self.notes.append(note)
         self.evals = {}
         for name in u.eval_tasks:
             t = get_task(name)
