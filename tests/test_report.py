@@ -239,15 +239,15 @@ def test_markdown_table_layout(store):
 def test_selection_label_everywhere(store):
     md = (store / "report" / "table_tiny-llama_digits_N4.md").read_text()
     captions = [line for line in md.splitlines() if line.startswith("**") and "N=4" in line]
-    assert len(captions) == 6 and all("chosen on dev loss" in c for c in captions)  # 5 metrics + hyper-parameters
+    assert len(captions) == 7 and all("chosen on dev loss" in c for c in captions)  # 6 metrics + hyper-parameters
     assert "15 equal-width bins" in md and "15 equal-mass bins" in md
     assert "chosen on dev loss" in (store / "report" / "report.md").read_text()
     ev = (store / "report_eval" / "table_tiny-llama_digits_N4.md").read_text()
     ev_captions = [line for line in ev.splitlines() if line.startswith("**") and "N=4" in line]
-    assert len(ev_captions) == 6 and all("chosen on the EVALUATION set (paper protocol" in c for c in ev_captions)
+    assert len(ev_captions) == 7 and all("chosen on the EVALUATION set (paper protocol" in c for c in ev_captions)
     assert "Warning" in (store / "report_eval" / "report.md").read_text()
     tex = (store / "report_eval" / "table_tiny-llama_digits_N4.tex").read_text()
-    assert tex.count(r"\caption{") == tex.count("EVALUATION set") - 1 == 5
+    assert tex.count(r"\caption{") == tex.count("EVALUATION set") - 1 == 6
 
 
 def test_csv_and_latex(store):
@@ -257,7 +257,7 @@ def test_csv_and_latex(store):
     assert list(rows[0]) == ["model", "label_format", "n", "selected_on", "source_task", "eval_task", "ood", "metric"] + \
         [f"{c}{s}" for c in cols for s in ("", " std")]
     assert {(r["eval_task"], r["ood"]) for r in rows} == {("sst2", "0"), ("finsen", "1"), ("poems", "1")}
-    assert {r["metric"] for r in rows} == {"acc_pct", "ece", "ece_paper", "label_acc_pct", "asim", "lr", "ce_weight"}
+    assert {r["metric"] for r in rows} == {"acc_pct", "ece", "ece_paper", "label_acc_pct", "label_mass", "asim", "lr", "ce_weight"}
     lrs = {r["sft"] for r in rows if r["metric"] == "lr"}
     assert len(lrs) == 1 and float(lrs.pop()) in (1e-3, 3e-4)
     tex = (store / "report" / "table_tiny-llama_digits_N4.tex").read_text()
@@ -377,6 +377,7 @@ def test_generative_tables_show_exact_match_and_no_token_metrics():
         rec = record(method, lr, 0, 0.5, 0.5, 0.1, evals=("gsm8k",))
         for row in rec["results"]:
             row.update(task="gsm8k", eval_task="gsm8k", ece=None, ece_paper=None, label_acc=None, label_ece=None,
+                       label_mass=None,
                        asim=0.4 if lr else None)
         recs.append(rec)
     (table,) = build_tables(select(done_rows(recs), "dev-loss"))

@@ -47,6 +47,9 @@ METRICS = (
            "ECE (paper): confidence = top-1 probability renormalised over the top-10 tokens, 15 equal-mass bins"),
     Metric("label_acc", "Label-set accuracy (%)", 100.0, 1, True,
            "label-set accuracy: argmax over the label tokens only equals the label"),
+    Metric("label_mass", "Label mass", 1.0, 2, True,
+           "label mass: probability the model puts on the label tokens together (how well-formed its answers "
+           "are; ICL's is the target IA2 aligns to)"),
     Metric("asim", "asim", 1.0, 2, True,
            "asim: cosine similarity of the attention outputs of the base model WITH demonstrations and of the "
            "method WITHOUT them, at output positions, mean over layers (trained methods only)"),
