@@ -59,9 +59,10 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
 
 
 def assert_user_error(rc: int, err: str, *needles: str) -> str:
-    """Exit 2 and exactly one stderr line 'ia2: error: ...' naming the problem; no traceback."""
+    """Exit 2 and exactly one stderr line 'ia2: error: ...' naming the problem; no traceback. Informational
+    'note: ...' lines about the data (e.g. a single-label dev set) may precede it."""
     assert rc == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("note: ")]
     assert len(lines) == 1, f"expected one stderr line, got:\n{err}"
     line = lines[0]
     assert line.startswith("ia2: error: "), line
