@@ -532,6 +532,9 @@ def _index(stores: list[Store], records: list[dict], rule: str, files: list[dict
         lines += [f"### {f['table'].name}", "", f"[Markdown]({f['md']}) · [CSV]({f['csv']}) · [LaTeX]({f['tex']})", "",
                   *(markdown_table(f["table"], m, rule) for m in f["table"].metrics() if m.key in ("acc", "ece"))]
     lines += ["## Plots", ""] + [f"- [{p.stem}]({p.name})\n\n  ![{p.stem}]({p.name})" for p in figures]
-    lines += ["", "## Analyses", ""] + _analysis_section([s.root for s in stores], out)
+    lines += ["", "## Analyses", ""]
+    if filters:
+        lines += ["The analyses are `ia2 analyze`'s for the whole store(s); `--only` does not filter them.", ""]
+    lines += _analysis_section([s.root for s in stores], out)
     lines += ["## Compute", "", compute_markdown(summary["compute"])]
     return "\n".join(lines) + "\n"
