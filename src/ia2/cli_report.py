@@ -31,10 +31,10 @@ def cmd_report(args) -> int:
     from .report import make_report, parse_filters
 
     filters = parse_filters(args.only)
-
+    # One store defaults to DIR/report; several need --out, which make_report asks for.
     out = args.out or (str(Path(args.stores[0]) / "report") if len(args.stores) == 1 else None)
-    command = "ia2 report " + " ".join(shlex.quote(a) for a in [*args.stores, "--select-on", args.select_on,
-                                                                "--out", out or "?"]
+    command = "ia2 report " + " ".join(shlex.quote(a) for a in [*args.stores, "--select-on", args.select_on]
+                                       + (["--out", out] if out else [])
                                        + (["--no-plots"] if args.no_plots else [])
                                        + [f"--only={f}" for f in args.only or []])
     index = make_report(args.stores, args.select_on, out, command, plots=not args.no_plots, filters=filters)
