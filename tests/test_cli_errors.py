@@ -369,3 +369,26 @@ def test_subprocess_user_error_is_one_line(tmp_path):
     proc = _ia2("run", *FAST, "--task", task, "--out", str(tmp_path / "out"), cwd=tmp_path)
     assert_user_error(proc.returncode, proc.stderr, "unknown field(s) colour")
     assert proc.stdout == ""
+
+
+def test_stratified_dev_split_runs_and_removes_single_label_dev_sets(capsys, tmp_path):
+    """--dev-split stratified reaches the pipeline: no run's dev set is a single class any more."""
+    task = user_task(tmp_path)
+    notes = {}
+    for split in ("reference", "stratified"):
+        out = tmp_path / split
+        rc, _, err = run_cli(capsys, "run", "--task", task, "--n", "4", *FAST, "--runs", "0-7",
+                             "--methods", "zero-shot", "--dev-split", split, "--out", str(out))
+        assert rc == 0, err
+        records = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
+        assert len(records) == 8
+        assert {r["unit"].get("dev_split", "reference") for r in records} == {split}
+        notes[split] = [n for r in records for n in r["notes"] if "single label" in n]
+    assert notes["reference"] and not notes["stratified"]
+
+
+def test_stratified_dev_split_on_a_generative_task(capsys, tmp_path):
+    rc, _, err = run_cli(capsys, "run", "--task", "gsm8k", "--dev-split", "stratified", *FAST,
+                         "--out", str(tmp_path / "o"))
+    assert_user_error(rc, err, "stratified dev split needs labels", "gsm8k", "dev_split: reference")
+    assert not (tmp_path / "o").exists()

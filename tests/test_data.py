@@ -150,6 +150,32 @@ def test_make_split_follows_the_reference_rng():
         assert s.demos[i] == others
 
 
+def test_stratified_dev_split_balances_labels_and_keeps_training_examples():
+    labels = [i % 2 for i in range(200)]
+    for run in range(20):
+        ref = make_split(200, 4, run)
+        strat = make_split(200, 4, run, dev_split="stratified", labels=labels)
+        assert strat.train == ref.train and strat.demos == ref.demos  # same examples and demonstrations
+        assert sorted(labels[p] for p in strat.dev) == [0, 1]  # one of each, whatever the shuffle gave
+        assert sorted(strat.train + strat.dev + strat.demo_pool) == list(range(200))
+    # some run of the reference split has a single-label dev set (why the option exists)
+    assert any(len({labels[p] for p in make_split(200, 4, run).dev}) == 1 for run in range(20))
+    # more dev examples than labels: round-robin, in shuffled order within each label
+    labels3 = [i % 3 for i in range(200)]
+    s = make_split(200, 12, 3, dev_split="stratified", labels=labels3)
+    dev_labels = [labels3[p] for p in s.dev]
+    assert len(dev_labels) == 6 and len(set(dev_labels[:3])) == 3 and dev_labels[3:] == dev_labels[:3]
+
+
+def test_stratified_dev_split_needs_labels():
+    with pytest.raises(IA2Error, match="needs a label"):
+        make_split(100, 4, 0, dev_split="stratified")
+    with pytest.raises(IA2Error, match="needs a label"):
+        make_split(100, 4, 0, dev_split="stratified", labels=[None] * 100)
+    with pytest.raises(IA2Error, match="unknown dev split"):
+        make_split(100, 4, 0, dev_split="balanced")
+
+
 def test_make_split_deterministic_and_run_dependent():
     assert make_split(2000, 8, 2) == make_split(2000, 8, 2)
     assert make_split(2000, 8, 0).train != make_split(2000, 8, 1).train

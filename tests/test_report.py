@@ -21,10 +21,10 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 # --- hand-made records ---------------------------------------------------------------------------------
 def record(method, lr, run, dev_loss, dev_acc, acc, *, w=None, status="done", ece=0.1, max_epochs=50,
-           evals=("sst2", "finsen")):
+           evals=("sst2", "finsen"), dev_split="reference"):
     """A store record with one result row per eval task; ``acc`` may be a per-eval-task dict."""
     unit = Unit(model="m", task="sst2", label_format="digits", eval_tasks=tuple(evals), n=4, run=run,
-                method=method, lr=lr, ce_weight=w, max_epochs=max_epochs)
+                method=method, lr=lr, ce_weight=w, max_epochs=max_epochs, dev_split=dev_split)
     accs = acc if isinstance(acc, dict) else {e: acc for e in evals}
     rows = [{"uid": unit.uid(), "model": "m", "task": "sst2", "eval_task": e, "ood": e != "sst2",
              "label_format": "digits", "method": method, "n": 4, "run": run, "lr": lr, "ce_weight": w,
@@ -123,6 +123,11 @@ def test_baselines_have_no_hyper_parameters_and_mixed_settings_are_refused():
         select(done_rows(recs), "dev-loss")
     with pytest.raises(IA2Error):
         select(done_rows(recs), "test-set")
+    # a stratified-dev baseline next to reference-split ones is a different experiment, refused as well
+    icl_mixed = disagreeing_records() + [record("icl", None, 0, None, None, 0.4),
+                                         record("icl", None, 1, None, None, 0.4, dev_split="stratified")]
+    with pytest.raises(IA2Error, match="dev_split"):
+        select(done_rows(icl_mixed), "dev-loss")
 
 
 def test_summary_counts_and_ttest_pairs():

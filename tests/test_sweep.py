@@ -52,6 +52,23 @@ def test_dry_run_prints_plan(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "s" / "records").exists()  # nothing ran
 
 
+def test_unit_identity_is_stable_and_dev_split_is_part_of_it():
+    """Stores written before dev_split existed must keep resuming: the default stays out of the uid."""
+    import dataclasses
+
+    from ia2.errors import IA2Error
+    u = RunConfig(models=["smollm2-135m"], tasks=["sst2"], eval_tasks=["sst2"], methods=["ia2"]).units()[0]
+    assert u.uid() == "a6296db402cce4a1" and "dev_split" not in u.to_dict()
+    strat = dataclasses.replace(u, dev_split="stratified")
+    assert strat.uid() != u.uid() and strat.group != u.group
+    assert type(u).from_dict(strat.to_dict()) == strat and type(u).from_dict(u.to_dict()) == u
+    assert RunConfig(tasks=["sst2"], dev_split="stratified").units()[0].dev_split == "stratified"
+    with pytest.raises(IA2Error, match="generative"):
+        RunConfig(tasks=["gsm8k"], dev_split="stratified")
+    with pytest.raises(IA2Error, match="unknown dev split"):
+        RunConfig(dev_split="balanced")
+
+
 def test_units_share_teacher_groups():
     cfg = RunConfig(models=["tiny-llama"], tasks=["sst2"], n=[4], runs=[0, 1, 2, 3, 4],
                     methods=["sft", "ia2", "ia2-then-sft"], lrs=[1e-4, 3e-4, 1e-3])

@@ -60,6 +60,9 @@ def add_grid_args(p: argparse.ArgumentParser, for_sweep: bool = False) -> None:
     p.add_argument("--limit-eval", type=int, default=d, help="evaluate on the first K eval examples only")
     p.add_argument("--early-stop", choices=["best", "last"], default=d,
                    help="best: restore the best-dev-loss adapter; last: keep the final one (reference scripts)")
+    p.add_argument("--dev-split", choices=["reference", "stratified"], default=d,
+                   help="reference: N/2 dev examples in shuffled order (the paper's scripts); stratified: "
+                        "round-robin over labels, same training examples")
     p.add_argument("--max-epochs", type=int, default=d)
     p.add_argument("--patience", type=int, default=d)
     p.add_argument("--batch-size", type=int, default=d, help="effective batch (capped at N)")
@@ -88,7 +91,8 @@ def add_exec_args(p: argparse.ArgumentParser) -> None:
 
 def grid_overrides(args) -> dict:
     keys = ("models", "tasks", "eval_tasks", "label_format", "n", "runs", "methods", "lrs", "ce_weights", "labels",
-            "limit_eval", "early_stop", "max_epochs", "patience", "batch_size", "g_max", "kd_top_k", "asim_examples")
+            "limit_eval", "dev_split", "early_stop", "max_epochs", "patience", "batch_size", "g_max", "kd_top_k",
+            "asim_examples")
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 

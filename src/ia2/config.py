@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 import yaml
 
 from .adapters import AdapterConfig
+from .data import DEV_SPLITS
 from .errors import IA2Error
 from .methods import get_method
 from .models import DEFAULT_MODEL
@@ -46,12 +47,16 @@ class Unit:
     kd_top_k: int | None = None
     limit_eval: int | None = None
     asim_examples: int = 100
+    dev_split: str = "reference"
 
     def uid(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        for k, default in _ADDED_FIELDS.items():
+            if d[k] == default:
+                del d[k]  # fields added after stores were written: left out at their default, so uids stay
         d["eval_tasks"] = list(self.eval_tasks)
         d["adapter"]["targets"] = list(self.adapter.targets)
         return d
@@ -66,7 +71,10 @@ class Unit:
     @property
     def group(self) -> tuple:
         """Units sharing a group share data, splits, ICL prompts and teacher targets."""
-        return (self.model, self.task, self.label_format, self.n, self.run, self.g_max, self.kd_top_k)
+        return (self.model, self.task, self.label_format, self.n, self.run, self.g_max, self.kd_top_k, self.dev_split)
+
+
+_ADDED_FIELDS = {"dev_split": "reference"}
 
 
 @dataclass
@@ -92,6 +100,7 @@ class RunConfig:
     kd_top_k: int | None = None
     limit_eval: int | None = None
     asim_examples: int = 100
+    dev_split: str = "reference"  # or "stratified": dev examples drawn round-robin over labels
 
     def __post_init__(self):
         for m in self.methods:
@@ -102,6 +111,13 @@ class RunConfig:
             raise IA2Error(f"unknown label format '{self.label_format}'", f"choose one of {', '.join(LABEL_FORMATS)}")
         if self.labels not in ("gt", "icl"):
             raise IA2Error(f"unknown labels '{self.labels}'", "choose gt (ground truth) or icl (ICL responses)")
+        if self.dev_split not in DEV_SPLITS:
+            raise IA2Error(f"unknown dev split '{self.dev_split}'", f"choose one of {', '.join(DEV_SPLITS)}")
+        if self.dev_split == "stratified":
+            generative = [t for t in self.tasks if get_task(t).kind != "single"]
+            if generative:
+                raise IA2Error(f"a stratified dev split needs labels; {', '.join(generative)} is generative",
+                               "use dev_split: reference for generative tasks")
         if self.early_stop not in ("best", "last"):
             raise IA2Error(f"unknown --early-stop '{self.early_stop}'", "choose best or last")
         if any(n < 1 for n in self.n):
@@ -117,7 +133,7 @@ class RunConfig:
         out: list[Unit] = []
         common = dict(labels=self.labels, adapter=self.adapter, max_epochs=self.max_epochs, patience=self.patience,
                       early_stop=self.early_stop, batch_size=self.batch_size, kd_top_k=self.kd_top_k,
-                      limit_eval=self.limit_eval, asim_examples=self.asim_examples)
+                      limit_eval=self.limit_eval, asim_examples=self.asim_examples, dev_split=self.dev_split)
         for model in self.models:
             for task_name in self.tasks:
                 task = get_task(task_name)

@@ -24,6 +24,7 @@ POOL_SIZE = 2000
 EVAL_SIZE = 500
 SHUFFLE_SEED = 42
 MAX_DEV = 48
+DEV_SPLITS = ("reference", "stratified")  # how the N/2 dev examples are drawn (see make_split)
 
 
 @dataclass(frozen=True)
@@ -242,8 +243,19 @@ def task_available(task: Task) -> bool:
         return False
 
 
-def make_split(pool_size: int, n: int, run: int, max_demos: int | None = None) -> RunSplit:
-    """Per-run split, seeded by the run index (compatible with the reference scripts)."""
+def make_split(pool_size: int, n: int, run: int, max_demos: int | None = None, dev_split: str = "reference",
+               labels: list | None = None) -> RunSplit:
+    """Per-run split, seeded by the run index (compatible with the reference scripts).
+
+    ``dev_split="stratified"`` keeps the same training examples and demonstrations but draws the N/2 dev
+    examples round-robin over the labels (``labels[i]`` of pool position i), so a dev set of two sst2
+    examples is never a single class; the reference split draws them in shuffled order.
+    """
+    if dev_split not in DEV_SPLITS:
+        raise IA2Error(f"unknown dev split '{dev_split}'", f"choose one of {', '.join(DEV_SPLITS)}")
+    if dev_split == "stratified" and (labels is None or any(x is None for x in labels)):
+        raise IA2Error("a stratified dev split needs a label for every pool example (a classification task)",
+                       "use dev_split: reference for generative tasks")
     if n < 1:
         raise IA2Error(f"N must be at least 1, got {n}", "pass --n 1 or more")
     n_dev = min(MAX_DEV, n // 2)
@@ -254,8 +266,9 @@ def make_split(pool_size: int, n: int, run: int, max_demos: int | None = None) -
     positions = list(range(pool_size))
     rng.shuffle(positions)
     train = positions[:n]
-    dev = positions[n:n + n_dev]
-    demo_pool = positions[n + n_dev:]
+    dev = positions[n:n + n_dev] if dev_split == "reference" else _round_robin(positions[n:], labels, n_dev)
+    taken = set(dev)
+    demo_pool = [p for p in positions[n:] if p not in taken]
     demos: list[list[int]] = []
     for i in range(n):
         others = [p for j, p in enumerate(train) if j != i]
@@ -264,6 +277,19 @@ def make_split(pool_size: int, n: int, run: int, max_demos: int | None = None) -
         rng.shuffle(others)
         demos.append([int(x) for x in others])
     return RunSplit(run, [int(x) for x in train], [int(x) for x in dev], [int(x) for x in demo_pool], demos)
+
+
+def _round_robin(positions: list[int], labels: list, k: int) -> list[int]:
+    """The first k positions taking one of each label in turn (labels ordered by first appearance)."""
+    by_label: dict = {}
+    for p in positions:
+        by_label.setdefault(labels[p], []).append(p)
+    queues, out = list(by_label.values()), []
+    while len(out) < k and any(queues):
+        for q in queues:
+            if q and len(out) < k:
+                out.append(q.pop(0))
+    return out
 
 
 def single_label_dev_note(task: str, split: RunSplit, pool: list[Example]) -> str | None:

@@ -73,7 +73,8 @@ class GroupContext:
                            "use it as an --eval-tasks target of another task")
         src = load_task_data(self.task, u.label_format)
         self.pool, self.notes = src.pool, list(src.notes)
-        self.split = make_split(len(self.pool), u.n, u.run)
+        self.split = make_split(len(self.pool), u.n, u.run, dev_split=u.dev_split,
+                                labels=[e.label for e in self.pool] if u.dev_split != "reference" else None)
         if note := single_label_dev_note(self.task.name, self.split, self.pool):
             self.notes.append(note)
         self.evals = {}
@@ -98,7 +99,7 @@ class GroupContext:
             u = self.unit
             key = TargetKey(self.lm.fingerprint, self.task.name if self.task.origin == "builtin" else self.task.origin,
                             u.label_format, u.n, u.run, u.g_max,
-                            "full" if u.g_max == 1 else f"top{max(64, u.kd_top_k or 0)}")
+                            "full" if u.g_max == 1 else f"top{max(64, u.kd_top_k or 0)}", dev_split=u.dev_split)
             t0 = time.time()
             sharded = distributed.sharded()  # all processes compute together; else main computes, the others load
             with contextlib.nullcontext() if sharded else distributed.main_first(), self.frozen() as base:

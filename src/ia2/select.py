@@ -31,7 +31,7 @@ RULES = {
 BASELINES = ("zero-shot", "icl")
 
 # Unit fields that change what a trained (or any) result means; mixing them in one cell is refused.
-_SETTING_ALL = ("limit_eval", "g_max")
+_SETTING_ALL = ("limit_eval", "g_max", "dev_split")
 _SETTING_TRAINED = ("adapter", "max_epochs", "patience", "early_stop", "batch_size", "asim_examples")
 
 

@@ -38,9 +38,13 @@ class TargetKey:
     logprobs: str  # "full" or "top{k}"
     prompt_format: str = PROMPT_FORMAT
     version: str = __version__
+    dev_split: str = "reference"
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:20]
+        d = asdict(self)
+        if d["dev_split"] == "reference":
+            del d["dev_split"]  # added later: caches written before it keep their names
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:20]
 
 
 @dataclass
