@@ -1,5 +1,5 @@
 #!/bin/bash
-# Copy the study, ablation and screening stores (runs/study, runs/ablation-epochs, runs/screen) into docs/results
+# Copy the study, ablation and screening stores (runs/study, runs/ablation-*, runs/screen) into docs/results
 # and regenerate the reports, including one report over every study store (overall/). Adapters and teacher-target
 # caches stay out of the repository. Run from anywhere: bash docs/results/refresh.sh
 set -euo pipefail
@@ -21,6 +21,11 @@ if [ -d runs/ablation-epochs/records ]; then
   # the study's 50-epoch units with the same model, task, N and lr, for comparison
   "$IA2" report $R/study/store --only model=gemma3-270m --only n=4 --only label_format=words --only lr=1e-3 \
       --out $R/ablations/ia2-epochs/baseline-report
+fi
+if [ -d runs/ablation-devsplit/records ]; then
+  # same model, task, N and lr as ia2-epochs/baseline-report (the reference split), with a stratified dev split
+  copy_store runs/ablation-devsplit $R/ablations/dev-split/store
+  "$IA2" report $R/ablations/dev-split/store --out $R/ablations/dev-split/report
 fi
 # Every store of the study as one report (the per model and N summary of docs/REPRODUCTION.md).
 "$IA2" report $R/sst2-n4/store $R/agnews-words-n4/store $R/study/store --out $R/overall
