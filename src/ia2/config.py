@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 import yaml
 
 from .adapters import AdapterConfig
-from .data import DEV_SPLITS
+from .data import check_dev_split
 from .errors import IA2Error
 from .methods import get_method
 from .models import DEFAULT_MODEL
@@ -111,8 +111,7 @@ class RunConfig:
             raise IA2Error(f"unknown label format '{self.label_format}'", f"choose one of {', '.join(LABEL_FORMATS)}")
         if self.labels not in ("gt", "icl"):
             raise IA2Error(f"unknown labels '{self.labels}'", "choose gt (ground truth) or icl (ICL responses)")
-        if self.dev_split not in DEV_SPLITS:
-            raise IA2Error(f"unknown dev split '{self.dev_split}'", f"choose one of {', '.join(DEV_SPLITS)}")
+        check_dev_split(self.dev_split)
         if self.dev_split == "stratified":
             generative = [t for t in self.tasks if get_task(t).kind != "single"]
             if generative:

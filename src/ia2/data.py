@@ -243,6 +243,11 @@ def task_available(task: Task) -> bool:
         return False
 
 
+def check_dev_split(dev_split: str) -> None:
+    if dev_split not in DEV_SPLITS:
+        raise IA2Error(f"unknown dev split '{dev_split}'", f"choose one of {', '.join(DEV_SPLITS)}")
+
+
 def make_split(pool_size: int, n: int, run: int, max_demos: int | None = None, dev_split: str = "reference",
                labels: list | None = None) -> RunSplit:
     """Per-run split, seeded by the run index (compatible with the reference scripts).
@@ -251,8 +256,7 @@ def make_split(pool_size: int, n: int, run: int, max_demos: int | None = None, d
     examples round-robin over the labels (``labels[i]`` of pool position i), so a dev set of two sst2
     examples is never a single class; the reference split draws them in shuffled order.
     """
-    if dev_split not in DEV_SPLITS:
-        raise IA2Error(f"unknown dev split '{dev_split}'", f"choose one of {', '.join(DEV_SPLITS)}")
+    check_dev_split(dev_split)
     if dev_split == "stratified" and (labels is None or any(x is None for x in labels)):
         raise IA2Error("a stratified dev split needs a label for every pool example (a classification task)",
                        "use dev_split: reference for generative tasks")
@@ -295,7 +299,7 @@ def _round_robin(positions: list[int], labels: list, k: int) -> list[int]:
 def single_label_dev_note(task: str, split: RunSplit, pool: list[Example]) -> str | None:
     """A note when every dev example of a run has the same label (likely at N/2 = 2). Dev loss then rewards
     predicting that label with certainty, so early stopping and restore-best can keep an adapter that has
-    collapsed to one class; the split itself stays the reference scripts' (unstratified) one."""
+    collapsed to one class. Happens with the reference split; ``dev_split="stratified"`` avoids it."""
     labels = {pool[i].answer for i in split.dev}
     if len(split.dev) == 0 or len(labels) != 1 or pool[split.dev[0]].label is None:
         return None

@@ -73,8 +73,7 @@ class GroupContext:
                            "use it as an --eval-tasks target of another task")
         src = load_task_data(self.task, u.label_format)
         self.pool, self.notes = src.pool, list(src.notes)
-        self.split = make_split(len(self.pool), u.n, u.run, dev_split=u.dev_split,
-                                labels=[e.label for e in self.pool] if u.dev_split != "reference" else None)
+        self.split = make_split(len(self.pool), u.n, u.run, dev_split=u.dev_split, labels=[e.label for e in self.pool])
         if note := single_label_dev_note(self.task.name, self.split, self.pool):
             self.notes.append(note)
         self.evals = {}
