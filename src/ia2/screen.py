@@ -50,17 +50,21 @@ def screening_rows(store: Store, margin: float = 0.05) -> list[dict]:
                     "zero_shot_acc": mean(c["zs"]) if c["zs"] else None,
                     "zero_shot_label_acc": mean(c["zs_label"]) if c["zs_label"] else None,
                     "icl_acc": icl, "best_icl_acc": best,
-                    "responsive": bool(best is not None and maj is not None and best - maj >= margin)})
+                    # the tolerance keeps an exact margin (0.65 vs 0.60) from failing on float rounding
+                    "responsive": bool(best is not None and maj is not None and best - maj >= margin - 1e-9)})
     return out
 
 
-def screening_markdown(rows: list[dict], command: str, machine: str, margin: float = 0.05) -> str:
+def screening_markdown(rows: list[dict], command: str, machine: str, margin: float = 0.05,
+                       compute: dict | None = None) -> str:
+    """The table, plus the compute it cost when ``compute`` (from ``report.compute_spent``) is given."""
     ns = sorted({n for r in rows for n in r["icl_acc"]})
     head = ["model", "task", "format", "majority", "zero-shot acc / label", *[f"ICL N={n}" for n in ns], "ICL-responsive"]
     lines = [f"# ICL screening", "",
              f"ICL-responsive: ICL top-1 accuracy beats the majority-class rate by >= {margin * 100:.0f} points at some N. "
              "Accuracies are fractions, means over runs (top-1 token equals the label, stripped).", "",
-             f"Command: `{command}`  ", f"Machine: {machine}", "",
+             f"Written by: `{command}` (the store may also hold cells from earlier screening commands)  ",
+             f"Machine: {machine}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     f = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
     for r in rows:
@@ -68,12 +72,17 @@ def screening_markdown(rows: list[dict], command: str, machine: str, margin: flo
                                         f"{f(r['zero_shot_acc'])} / {f(r['zero_shot_label_acc'])}",
                                         *[f(r["icl_acc"].get(n)) for n in ns],
                                         "**yes**" if r["responsive"] else "no"]) + " |")
+    if compute is not None:
+        from .report import compute_markdown
+        lines += ["", "## Compute", "", compute_markdown(compute).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
 def write_screening(store: Store, command: str, machine: str, margin: float = 0.05) -> list[dict]:
+    from .report import compute_spent
     rows = screening_rows(store, margin)
-    write_text(store.root / "screening.md", screening_markdown(rows, command, machine, margin))
+    compute = compute_spent(store.records())
+    write_text(store.root / "screening.md", screening_markdown(rows, command, machine, margin, compute))
     buf = io.StringIO()
     w = csv.writer(buf)
     ns = sorted({n for r in rows for n in r["icl_acc"]})

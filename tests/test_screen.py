@@ -1,0 +1,49 @@
+"""``ia2 screen``'s table: the responsive flag, the majority rate and the compute line, on hand-made records."""
+
+from ia2.config import Unit
+from ia2.report import compute_spent
+from ia2.screen import screening_markdown, screening_rows
+
+
+def record(method, n, run, acc, gold, *, task="sst2", evals=("sst2",), secs=10.0):
+    unit = Unit(model="m", task=task, label_format="words", eval_tasks=tuple(evals), n=n, run=run, method=method)
+    rows = [{"eval_task": e, "acc": acc if e == task else 0.99, "label_acc": acc + 0.1} for e in evals]
+    return {"uid": unit.uid(), "unit": unit.to_dict(), "status": "done", "results": rows,
+            "predictions": {e: {"gold": gold} for e in evals}, "timing": {"total_s": secs},
+            "machine": {"cpu": "x86_64", "device": "cpu"}}
+
+
+class FakeStore:
+    def __init__(self, records):
+        self._records = records
+
+    def records(self):
+        return self._records
+
+
+GOLD = ["pos"] * 6 + ["neg"] * 4  # majority rate 0.6
+
+
+def rows_for(icl_runs):
+    recs = [record("zero-shot", 4, 0, 0.0, GOLD)]
+    recs += [record("icl", 4, run, acc, GOLD, evals=("sst2", "finsen")) for run, acc in enumerate(icl_runs)]
+    return screening_rows(FakeStore(recs))
+
+
+def test_responsive_needs_the_margin_over_the_majority_rate_on_the_mean_over_runs():
+    exact = rows_for([0.7, 0.6])  # mean 0.65: exactly 5 points over 0.6 counts, float rounding or not
+    assert exact[0]["majority"] == 0.6 and abs(exact[0]["icl_acc"][4] - 0.65) < 1e-12
+    assert exact[0]["responsive"] is True
+    assert rows_for([0.64, 0.64])[0]["responsive"] is False
+    # The OOD row (acc 0.99) is not the task's own and never makes a combination responsive.
+    assert rows_for([0.5, 0.5])[0]["best_icl_acc"] == 0.5
+
+
+def test_markdown_has_a_row_per_combination_and_the_compute_it_cost():
+    recs = [record("zero-shot", 4, 0, 0.0, GOLD, secs=1800.0), record("icl", 4, 0, 0.9, GOLD, secs=1800.0),
+            record("icl", 8, 0, 0.5, GOLD, task="finsen", evals=("finsen",), secs=3600.0)]
+    rows = screening_rows(FakeStore(recs))
+    md = screening_markdown(rows, "ia2 screen --tasks sst2,finsen", "vm", compute=compute_spent(recs))
+    assert "| m | sst2 | words | 0.600 | 0.000 / 0.100 | 0.900 | - | **yes** |" in md
+    assert "| m | finsen | words | 0.600 | - / - | - | 0.500 | no |" in md
+    assert "3 finished units, 2.00 h of unit wall time" in md
