@@ -47,3 +47,23 @@ def test_markdown_has_a_row_per_combination_and_the_compute_it_cost():
     assert "| m | sst2 | words | 0.600 | 0.000 / 0.100 | 0.900 | - | **yes** |" in md
     assert "| m | finsen | words | 0.600 | - / - | - | 0.500 | no |" in md
     assert "3 finished units, 2.00 h of unit wall time" in md
+
+
+def test_screen_command_end_to_end_and_resumes(tmp_path, data_dir):
+    """The CLI runs zero-shot and ICL per N on the tiny model, writes both tables, and a rerun adds no unit."""
+    from ia2.cli import main
+    from ia2.store import Store
+
+    out = tmp_path / "screen"
+    args = ["screen", "--models", "tiny-llama", "--tasks", "sst2", "--formats", "digits", "--n", "4,8",
+            "--runs", "0", "--limit-eval", "6", "--out", str(out)]
+    assert main(args) == 0
+    recs = Store(out, create=False).records()
+    assert sorted((r["unit"]["method"], r["unit"]["n"]) for r in recs) == [
+        ("icl", 4), ("icl", 8), ("zero-shot", 4), ("zero-shot", 8)]
+    md = (out / "screening.md").read_text()
+    assert "| tiny-llama | sst2 | digits |" in md and "ICL N=4 | ICL N=8" in md and "4 finished units" in md
+    assert (out / "screening.csv").read_text().splitlines()[0].endswith("icl_n4,icl_n8,responsive")
+    log_before = (out / "units.log").read_text()
+    assert main(args) == 0
+    assert (out / "units.log").read_text() == log_before  # resumed: nothing ran again
