@@ -15,6 +15,7 @@ from torchmetrics.functional.classification import (
 )
 
 from ia2.metrics import (
+    activation_norm_ratio,
     activation_similarity,
     adapter_overlap,
     asim_summary,
@@ -338,6 +339,20 @@ def test_activation_similarity_properties():
     assert torch.allclose(half, torch.ones(3), atol=1e-2)
     with pytest.raises(ValueError):
         activation_similarity(a, torch.randn(2, 4, 8))
+
+
+def test_norm_ratio_sees_the_scale_that_asim_cannot():
+    g = torch.Generator().manual_seed(1)
+    teacher = torch.randn(3, 4, 8, generator=g)
+    shrunk = torch.cat([0.5 * teacher, torch.randn(3, 2, 8, generator=g)], dim=1)  # longer, truncated to 4
+    assert torch.allclose(activation_similarity(teacher, shrunk), torch.ones(3), atol=1e-6)
+    assert torch.allclose(activation_norm_ratio(teacher, shrunk), torch.full((3,), 0.5), atol=1e-6)
+    # per position, then averaged: norms 1 and 3 against 2 and 2 give (0.5 + 1.5) / 2 per layer
+    t = torch.tensor([[[2.0, 0.0], [0.0, 2.0]]])
+    s = torch.tensor([[[1.0, 0.0], [0.0, 3.0]]])
+    assert float(activation_norm_ratio(t, s)[0]) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        activation_norm_ratio(teacher, torch.randn(2, 4, 8))
 
 
 def test_asim_summary():

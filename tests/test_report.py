@@ -362,9 +362,28 @@ def test_recomputed_asim_compares_with_the_frozen_base(store):
             base = ctx.asim_acts(model, "sst2", True)
         ours = ctx.asim_acts(model, "sst2", False)
     want = metrics.asim_summary([metrics.activation_similarity(a, b) for a, b in zip(base, ours)])[0]
+    ratio = metrics.asim_summary([metrics.activation_norm_ratio(a, b) for a, b in zip(base, ours)])[0]
     assert got[(rec["uid"], "sst2")]["examples"] == 3
     assert math.isclose(got[(rec["uid"], "sst2")]["asim"], want, rel_tol=1e-6)
+    assert math.isclose(got[(rec["uid"], "sst2")]["norm_ratio"], ratio, rel_tol=1e-6)
     assert {k[1] for k in got} == {"sst2", "finsen", "poems"}
+
+
+def test_filtered_analysis_recomputes_only_its_units_into_its_own_folder(store, tmp_path):
+    from ia2.cli import main
+
+    before = (store / "analysis" / "asim.json").read_text()
+    assert main(["analyze", str(store), "--only", "method=ia2"]) == 2  # no --out: refused, nothing written
+    out = tmp_path / "ia2-only"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IA2_DATA_DIR", str(DATA))
+        assert main(["analyze", str(store), "--only", "method=ia2", "--only", "lr=1e-3", "--examples", "3",
+                     "--out", str(out), "--device", "cpu"]) == 0
+    res = json.loads((out / "asim.json").read_text())
+    assert [(p["method"], p["lr"]) for p in res["per_method"]] == [("ia2", 1e-3)]
+    assert all(0.0 < r["norm_ratio"] < 10.0 and r["examples"] == [3] for r in res["rows"])
+    assert "| norm ratio |" in (out / "asim.md").read_text()
+    assert (store / "analysis" / "asim.json").read_text() == before
 
 
 def test_table_name_says_generative_instead_of_label_format():

@@ -19,7 +19,7 @@ from pathlib import Path
 from . import metrics
 from .errors import IA2Error
 from .io import write_json, write_text
-from .report import _column_order, column_title, load_records
+from .report import _column_order, column_title, filter_records, load_records
 from .select import variant
 
 
@@ -162,10 +162,11 @@ def recompute_asim(records: list[dict], root: Path, examples: int | None, device
         try:
             for name in ctx.evals:
                 ours = ctx.asim_acts(model, name, False)
-                per_ex = [metrics.activation_similarity(a, b) for a, b in zip(ctx.base_icl_acts(name), ours)]
-                asim, layers = metrics.asim_summary(per_ex)
-                out[(rec["uid"], name)] = {"asim": asim, "layers": layers, "examples": len(per_ex),
-                                           "source": "recomputed"}
+                pairs = list(zip(ctx.base_icl_acts(name), ours))
+                asim, layers = metrics.asim_summary([metrics.activation_similarity(a, b) for a, b in pairs])
+                norm, norm_layers = metrics.asim_summary([metrics.activation_norm_ratio(a, b) for a, b in pairs])
+                out[(rec["uid"], name)] = {"asim": asim, "layers": layers, "examples": len(pairs),
+                                           "source": "recomputed", "norm_ratio": norm, "norm_layers": norm_layers}
         finally:
             ctx.lm.model = detach(model)
     return out
@@ -186,9 +187,13 @@ def asim_summary(records: list[dict], values: dict[tuple, dict]) -> dict:
                      "method": name, "lr": lr, "runs": len(vs), "asim": statistics.fmean(v["asim"] for v in vs),
                      "std": statistics.stdev([v["asim"] for v in vs]) if len(vs) > 1 else None,
                      "layers": [statistics.fmean(col) for col in zip(*layer_sets)] if same else [],
+                     "norm_ratio": _mean_of(vs, "norm_ratio"),
                      "examples": sorted({v["examples"] for v in vs}), "source": sorted({v["source"] for v in vs})})
     return {"definition": "cosine similarity over d between the base model WITH demonstrations and the adapter "
                           "WITHOUT them, at output positions, per layer; averaged over examples, then layers",
+            "norm_ratio": "||adapter without demonstrations|| / ||base with demonstrations|| of the same activations, "
+                          "averaged the same way (recomputed values only: asim cannot see a shrunken but aligned "
+                          "activation)",
             "rows": rows, "per_method": _per_method(rows)}
 
 
@@ -204,8 +209,15 @@ def _per_method(rows: list[dict]) -> list[dict]:
         layer_sets = [r["layers"] for r in rs if r["layers"]]
         same = layer_sets and len({len(x) for x in layer_sets}) == 1
         out.append({**dict(zip(keys, key)), "rows": len(rs), "asim": statistics.fmean(r["asim"] for r in rs),
-                    "layers": [statistics.fmean(c) for c in zip(*layer_sets)] if same else []})
+                    "layers": [statistics.fmean(c) for c in zip(*layer_sets)] if same else [],
+                    "norm_ratio": _mean_of(rs, "norm_ratio")})
     return out
+
+
+def _mean_of(items: list[dict], key: str) -> float | None:
+    """Mean of ``key`` over the items that have it; None when none does (e.g. asim stored at training time)."""
+    vals = [x[key] for x in items if x.get(key) is not None]
+    return statistics.fmean(vals) if vals else None
 
 
 def _layers_text(layers: list[float]) -> str:
@@ -213,29 +225,40 @@ def _layers_text(layers: list[float]) -> str:
 
 
 def asim_markdown(res: dict) -> str:
-    lines = ["# Activation similarity with ICL (asim)", "", f"Definition: {res['definition']}.", "",
+    lines = ["# Activation similarity with ICL (asim)", "", f"Definition: {res['definition']}.",
+             f"Norm ratio: {res['norm_ratio']}.", "",
              "Per setting, mean over its evaluation tasks (rows):", "",
-             "| model | format | N | source | method | lr | eval rows | asim | per layer |",
-             "|---|---|---:|---|---|---:|---:|---:|---|"]
+             "| model | format | N | source | method | lr | eval rows | asim | norm ratio | per layer |",
+             "|---|---|---:|---|---|---:|---:|---:|---:|---|"]
     lines += [f"| {p['model']} | {p['label_format']} | {p['n']} | {p['task']} | {column_title(p['method'])} | "
-              f"{p['lr']:g} | {p['rows']} | {p['asim']:.3f} | {_layers_text(p['layers'])} |" for p in res["per_method"]]
-    lines += ["", "| model | format | N | source | eval | method | lr | asim (std) | runs | examples | per layer |",
-              "|---|---|---:|---|---|---|---:|---:|---:|---|---|"]
+              f"{p['lr']:g} | {p['rows']} | {p['asim']:.3f} | {_f(p['norm_ratio'])} | {_layers_text(p['layers'])} |"
+              for p in res["per_method"]]
+    lines += ["", "| model | format | N | source | eval | method | lr | asim (std) | norm ratio | runs | examples "
+              "| per layer |", "|---|---|---:|---|---|---|---:|---:|---:|---:|---|---|"]
     for r in res["rows"]:
         cell = f"{r['asim']:.3f}" + (f" ({r['std']:.3f})" if r["std"] is not None else "")
         lines.append(f"| {r['model']} | {r['label_format']} | {r['n']} | {r['task']} | {r['eval_task']} | "
-                     f"{column_title(r['method'])} | {r['lr']:g} | {cell} | {r['runs']} | "
+                     f"{column_title(r['method'])} | {r['lr']:g} | {cell} | {_f(r['norm_ratio'])} | {r['runs']} | "
                      f"{','.join(map(str, r['examples']))} ({'/'.join(r['source'])}) | {_layers_text(r['layers'])} |")
     return "\n".join(lines) + "\n"
 
 
 def analyze(store_dir: str | Path, examples: int | None = None, recompute: bool = False, device=None,
-            log=print) -> Path:
-    """Write overlap.{json,md} and asim.{json,md} under ``<store>/analysis``; returns that folder."""
+            log=print, filters: dict[str, str] | None = None, out: str | Path | None = None) -> Path:
+    """Write overlap.{json,md} and asim.{json,md} under ``out`` (default ``<store>/analysis``, which ``ia2
+    report`` reads); returns that folder. ``filters`` (``--only``) restrict it to some units, e.g. to
+    recompute a few adapters; such a partial analysis goes to its own ``out``, never over the store's."""
     store, records = load_records(store_dir)
     if examples is not None and examples < 1:
         raise IA2Error(f"--examples must be at least 1, got {examples}", "e.g. --examples 100")
-    out = store.root / "analysis"
+    if filters:
+        if out is None:
+            raise IA2Error("an analysis filtered with --only needs its own --out folder",
+                           "add e.g. --out runs/analysis-gemma, so the store's full analysis is not overwritten")
+        records = filter_records(records, filters)
+        if not any(r.get("status") == "done" for r in records):
+            raise IA2Error(f"no finished records match {filters}", "check the --only FIELD=VALUE filters")
+    out = Path(out) if out else store.root / "analysis"
     ov = lora_overlap(records, store.root)
     write_json(out / "overlap.json", ov)
     write_text(out / "overlap.md", overlap_markdown(ov))

@@ -17,13 +17,18 @@ def register(subparsers) -> None:
     p.add_argument("--recompute", action="store_true",
                    help="recompute asim for every saved adapter, even where the stored count matches")
     p.add_argument("--device", default=None, help="device for recomputing asim (default: cuda if present)")
+    p.add_argument("--only", action="append", metavar="FIELD=VALUE",
+                   help="analyze only units with this setting, e.g. --only model=gemma3-270m --only method=ia2 "
+                        "(repeatable, as in ia2 report); needs --out")
+    p.add_argument("--out", default=None, help="output folder (default: DIR/analysis, which ia2 report includes)")
     p.set_defaults(fn=cmd_analyze)
 
 
 def cmd_analyze(args) -> int:
     from .analyze import analyze
+    from .report import parse_filters
 
     out = analyze(args.store, examples=args.examples, recompute=args.recompute, device=args.device,
-                  log=lambda m: print(m, file=sys.stderr, flush=True))
+                  log=lambda m: print(m, file=sys.stderr, flush=True), filters=parse_filters(args.only), out=args.out)
     print(f"analysis: {out}", file=sys.stderr)
     return 0

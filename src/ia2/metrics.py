@@ -338,6 +338,20 @@ def activation_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(a32, b32, dim=-1).mean(dim=1)
 
 
+def activation_norm_ratio(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    """Per-layer ``||student|| / ||teacher||`` of two ``[L, G, d]`` traces, averaged over positions.
+
+    asim is a cosine and cannot see scale: a student that points the right way with shorter vectors (what an
+    MSE fit does when its target varies with something it cannot see, such as the demonstrations) has asim
+    near 1 and a ratio below 1. Same truncation and precision as :func:`activation_similarity`. Returns ``[L]``.
+    """
+    activation_similarity(teacher, student)  # the same shape checks
+    g = min(teacher.shape[1], student.shape[1])
+    t = teacher[:, :g].to(torch.float32).norm(dim=-1)
+    s = student[:, :g].to(device=t.device, dtype=torch.float32).norm(dim=-1)
+    return (s / t.clamp_min(1e-12)).mean(dim=1)
+
+
 def asim_summary(per_example: Sequence[torch.Tensor]) -> tuple[float, list[float]]:
     """Average per-example ``[L]`` similarities over examples (per layer), then over layers.
 
