@@ -382,6 +382,8 @@ def test_filtered_analysis_recomputes_only_its_units_into_its_own_folder(store, 
     res = json.loads((out / "asim.json").read_text())
     assert [(p["method"], p["lr"]) for p in res["per_method"]] == [("ia2", 1e-3)]
     assert all(0.0 < r["norm_ratio"] < 10.0 and r["examples"] == [3] for r in res["rows"])
+    assert all(len(r["norm_layers"]) == 2 and math.isclose(sum(r["norm_layers"]) / 2, r["norm_ratio"], rel_tol=1e-6)
+               for r in res["rows"])
     assert "| norm ratio |" in (out / "asim.md").read_text()
     assert (store / "analysis" / "asim.json").read_text() == before
 

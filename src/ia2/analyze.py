@@ -188,6 +188,8 @@ def asim_summary(records: list[dict], values: dict[tuple, dict]) -> dict:
                      "std": statistics.stdev([v["asim"] for v in vs]) if len(vs) > 1 else None,
                      "layers": [statistics.fmean(col) for col in zip(*layer_sets)] if same else [],
                      "norm_ratio": _mean_of(vs, "norm_ratio"),
+                     "norm_layers": [statistics.fmean(c) for c in zip(*(v["norm_layers"] for v in vs
+                                                                         if v.get("norm_layers")))],
                      "examples": sorted({v["examples"] for v in vs}), "source": sorted({v["source"] for v in vs})})
     return {"definition": "cosine similarity over d between the base model WITH demonstrations and the adapter "
                           "WITHOUT them, at output positions, per layer; averaged over examples, then layers",
