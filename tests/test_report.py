@@ -388,6 +388,20 @@ def test_filtered_analysis_recomputes_only_its_units_into_its_own_folder(store, 
     assert (store / "analysis" / "asim.json").read_text() == before
 
 
+def test_generative_and_single_token_tasks_of_one_model_and_n_get_separate_tables():
+    from ia2.report import build_tables
+    from ia2.select import Selection
+
+    def sel(task, eval_task, variant):
+        return Selection("m", "digits", 4, task, eval_task, eval_task != task, variant, variant, 1e-3, None,
+                         rows=[], criterion="dev loss")
+
+    tables = build_tables([sel("sst2", "sst2", "sft"), sel("gsm8k", "gsm8k", "sft"), sel("gsm8k", "gsm8ks", "ia2")])
+    assert [(t.name, [r[:2] for r in t.rows]) for t in tables] == [
+        ("m, digits labels, N=4", [("sst2", "sst2")]),
+        ("m, generative, N=4", [("gsm8k", "gsm8k"), ("gsm8k", "gsm8ks")])]
+
+
 def test_table_name_says_generative_instead_of_label_format():
     from ia2.report import Table
 

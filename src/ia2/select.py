@@ -91,7 +91,11 @@ class Selection:
 
     @property
     def table_key(self) -> tuple:
-        return (self.model, self.label_format, self.n)
+        # A generative task has no label format (its units carry the default "digits"): it gets its own table
+        # instead of joining the single-token table of the same model and N.
+        from .tasks import REGISTRY
+        generative = self.task in REGISTRY and REGISTRY[self.task].kind == "generative"
+        return (self.model, "generative" if generative else self.label_format, self.n)
 
     @property
     def row_key(self) -> tuple:
