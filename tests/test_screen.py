@@ -13,21 +13,13 @@ def record(method, n, run, acc, gold, *, task="sst2", evals=("sst2",), secs=10.0
             "machine": {"cpu": "x86_64", "device": "cpu"}}
 
 
-class FakeStore:
-    def __init__(self, records):
-        self._records = records
-
-    def records(self):
-        return self._records
-
-
 GOLD = ["pos"] * 6 + ["neg"] * 4  # majority rate 0.6
 
 
 def rows_for(icl_runs):
     recs = [record("zero-shot", 4, 0, 0.0, GOLD)]
     recs += [record("icl", 4, run, acc, GOLD, evals=("sst2", "finsen")) for run, acc in enumerate(icl_runs)]
-    return screening_rows(FakeStore(recs))
+    return screening_rows(recs)
 
 
 def test_responsive_needs_the_margin_over_the_majority_rate_on_the_mean_over_runs():
@@ -42,7 +34,7 @@ def test_responsive_needs_the_margin_over_the_majority_rate_on_the_mean_over_run
 def test_markdown_has_a_row_per_combination_and_the_compute_it_cost():
     recs = [record("zero-shot", 4, 0, 0.0, GOLD, secs=1800.0), record("icl", 4, 0, 0.9, GOLD, secs=1800.0),
             record("icl", 8, 0, 0.5, GOLD, task="finsen", evals=("finsen",), secs=3600.0)]
-    rows = screening_rows(FakeStore(recs))
+    rows = screening_rows(recs)
     md = screening_markdown(rows, "ia2 screen --tasks sst2,finsen", "vm", compute=compute_spent(recs))
     assert "| m | sst2 | words | 0.600 | 0.000 / 0.100 | 0.900 | - | **yes** |" in md
     assert "| m | finsen | words | 0.600 | - / - | - | 0.500 | no |" in md

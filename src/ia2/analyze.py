@@ -19,7 +19,7 @@ from pathlib import Path
 from . import metrics
 from .errors import IA2Error
 from .io import write_json, write_text
-from .report import _column_order, column_title, filter_records, load_records
+from .report import _column_order, column_title, load_records, matching_records
 from .select import variant
 
 
@@ -181,15 +181,11 @@ def asim_summary(records: list[dict], values: dict[tuple, dict]) -> dict:
         groups[(u["model"], u["label_format"], u["n"], u["task"], eval_task, _name(rec), u["lr"])].append(v)
     rows = []
     for (model, fmt, n, task, eval_task, name, lr), vs in sorted(groups.items(), key=lambda kv: str(kv[0])):
-        layer_sets = [v["layers"] for v in vs if v["layers"]]
-        same = layer_sets and len({len(x) for x in layer_sets}) == 1
         rows.append({"model": model, "label_format": fmt, "n": n, "task": task, "eval_task": eval_task,
                      "method": name, "lr": lr, "runs": len(vs), "asim": statistics.fmean(v["asim"] for v in vs),
                      "std": statistics.stdev([v["asim"] for v in vs]) if len(vs) > 1 else None,
-                     "layers": [statistics.fmean(col) for col in zip(*layer_sets)] if same else [],
-                     "norm_ratio": _mean_of(vs, "norm_ratio"),
-                     "norm_layers": [statistics.fmean(c) for c in zip(*(v["norm_layers"] for v in vs
-                                                                         if v.get("norm_layers")))],
+                     "layers": _mean_layers(vs, "layers"),
+                     "norm_ratio": _mean_of(vs, "norm_ratio"), "norm_layers": _mean_layers(vs, "norm_layers"),
                      "examples": sorted({v["examples"] for v in vs}), "source": sorted({v["source"] for v in vs})})
     return {"definition": "cosine similarity over d between the base model WITH demonstrations and the adapter "
                           "WITHOUT them, at output positions, per layer; averaged over examples, then layers",
@@ -208,10 +204,8 @@ def _per_method(rows: list[dict]) -> list[dict]:
         by[tuple(r[k] for k in keys)].append(r)
     out = []
     for key, rs in sorted(by.items(), key=lambda kv: (str(kv[0][:4]), _column_order(kv[0][4]), kv[0][5])):
-        layer_sets = [r["layers"] for r in rs if r["layers"]]
-        same = layer_sets and len({len(x) for x in layer_sets}) == 1
         out.append({**dict(zip(keys, key)), "rows": len(rs), "asim": statistics.fmean(r["asim"] for r in rs),
-                    "layers": [statistics.fmean(c) for c in zip(*layer_sets)] if same else [],
+                    "layers": _mean_layers(rs, "layers"),
                     "norm_ratio": _mean_of(rs, "norm_ratio")})
     return out
 
@@ -220,6 +214,12 @@ def _mean_of(items: list[dict], key: str) -> float | None:
     """Mean of ``key`` over the items that have it; None when none does (e.g. asim stored at training time)."""
     vals = [x[key] for x in items if x.get(key) is not None]
     return statistics.fmean(vals) if vals else None
+
+
+def _mean_layers(items: list[dict], key: str) -> list[float]:
+    """Per-layer mean of the ``key`` profiles the items have; empty when none has one or their lengths differ."""
+    sets = [x[key] for x in items if x.get(key)]
+    return [statistics.fmean(c) for c in zip(*sets)] if sets and len({len(x) for x in sets}) == 1 else []
 
 
 def _layers_text(layers: list[float]) -> str:
@@ -257,9 +257,7 @@ def analyze(store_dir: str | Path, examples: int | None = None, recompute: bool 
         if out is None:
             raise IA2Error("an analysis filtered with --only needs its own --out folder",
                            "add e.g. --out runs/analysis-gemma, so the store's full analysis is not overwritten")
-        records = filter_records(records, filters)
-        if not any(r.get("status") == "done" for r in records):
-            raise IA2Error(f"no finished records match {filters}", "check the --only FIELD=VALUE filters")
+        records = matching_records(records, filters)
     out = Path(out) if out else store.root / "analysis"
     ov = lora_overlap(records, store.root)
     write_json(out / "overlap.json", ov)

@@ -318,14 +318,8 @@ def generative_accuracy(predictions: Sequence[str | None], golds: Sequence[str |
 # ---------------------------------------------------------------------------
 
 
-def activation_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-layer cosine similarity between two activation traces, averaged over positions.
-
-    ``a``: ``[L, G1, d]``, ``b``: ``[L, G2, d]``. Both are truncated to their first
-    ``min(G1, G2)`` positions so traces of different lengths (e.g. generations that
-    stop at different times) can be compared. Computed in fp32 so bf16/fp16 inputs
-    do not lose precision in the dot products. Returns ``[L]`` (fp32).
-    """
+def _aligned_fp32(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two ``[L, G, d]`` traces checked and cut to their common first positions, in fp32 on ``a``'s device."""
     if a.ndim != 3 or b.ndim != 3:
         raise ValueError(f"expected [L, G, d] tensors, got {tuple(a.shape)} and {tuple(b.shape)}")
     if a.shape[0] != b.shape[0] or a.shape[2] != b.shape[2]:
@@ -334,7 +328,18 @@ def activation_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if g == 0:
         raise ValueError("no positions to compare (a sequence length is 0)")
     a32 = a[:, :g].to(torch.float32)
-    b32 = b[:, :g].to(device=a32.device, dtype=torch.float32)
+    return a32, b[:, :g].to(device=a32.device, dtype=torch.float32)
+
+
+def activation_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-layer cosine similarity between two activation traces, averaged over positions.
+
+    ``a``: ``[L, G1, d]``, ``b``: ``[L, G2, d]``. Both are truncated to their first
+    ``min(G1, G2)`` positions so traces of different lengths (e.g. generations that
+    stop at different times) can be compared. Computed in fp32 so bf16/fp16 inputs
+    do not lose precision in the dot products. Returns ``[L]`` (fp32).
+    """
+    a32, b32 = _aligned_fp32(a, b)
     return F.cosine_similarity(a32, b32, dim=-1).mean(dim=1)
 
 
@@ -345,11 +350,8 @@ def activation_norm_ratio(teacher: torch.Tensor, student: torch.Tensor) -> torch
     MSE fit does when its target varies with something it cannot see, such as the demonstrations) has asim
     near 1 and a ratio below 1. Same truncation and precision as :func:`activation_similarity`. Returns ``[L]``.
     """
-    activation_similarity(teacher, student)  # the same shape checks
-    g = min(teacher.shape[1], student.shape[1])
-    t = teacher[:, :g].to(torch.float32).norm(dim=-1)
-    s = student[:, :g].to(device=t.device, dtype=torch.float32).norm(dim=-1)
-    return (s / t.clamp_min(1e-12)).mean(dim=1)
+    t, s = _aligned_fp32(teacher, student)
+    return (s.norm(dim=-1) / t.norm(dim=-1).clamp_min(1e-12)).mean(dim=1)
 
 
 def asim_summary(per_example: Sequence[torch.Tensor]) -> tuple[float, list[float]]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from . import __version__, metrics
 from .errors import IA2Error
 from .io import write_json, write_text
-from .select import Selection, done_rows, rule_label, select
+from .select import Selection, done_rows, generative_task, rule_label, select
 from .store import Store
 
 TITLES = {"zero-shot": "Zero-shot", "icl": "ICL", "sft": "SFT only", "kd": "KD", "ia2": "IA2 only",
@@ -83,8 +83,7 @@ class Table:
 
     @property
     def generative(self) -> bool:
-        from .tasks import REGISTRY
-        return bool(self.rows) and all(REGISTRY[r[0]].kind == "generative" for r in self.rows if r[0] in REGISTRY)
+        return bool(self.rows) and all(generative_task(r[0]) for r in self.rows)
 
     @property
     def name(self) -> str:
@@ -459,6 +458,14 @@ def filter_records(records: list[dict], filters: dict[str, str]) -> list[dict]:
             if all(r["unit"].get(k) is None or _matches(r["unit"][k], v) for k, v in filters.items())]
 
 
+def matching_records(records: list[dict], filters: dict[str, str] | None) -> list[dict]:
+    """:func:`filter_records`, refusing a selection with no finished unit (``--only`` of report and analyze)."""
+    kept = filter_records(records, filters or {})
+    if not any(r.get("status") == "done" for r in kept):
+        raise IA2Error(f"no finished records match {filters}", "check the --only FIELD=VALUE filters")
+    return kept
+
+
 def make_report(store_dirs: str | Path | list, rule: str = "dev-loss", out: str | Path | None = None,
                 command: str | None = None, plots: bool = True, filters: dict[str, str] | None = None) -> Path:
     """Write tables, summary, plots and ``report.md`` under ``out``; returns the index path.
@@ -469,9 +476,7 @@ def make_report(store_dirs: str | Path | list, rule: str = "dev-loss", out: str 
     if len(dirs) > 1 and out is None:
         raise IA2Error("several stores need an output folder", "pass --out, e.g. --out runs/report-all")
     loaded = [load_records(d) for d in dirs]
-    stores, records = [s for s, _ in loaded], filter_records(merge_records(loaded), filters or {})
-    if not any(r.get("status") == "done" for r in records):
-        raise IA2Error(f"no finished records match {filters}", "check the --only FIELD=VALUE filters")
+    stores, records = [s for s, _ in loaded], matching_records(merge_records(loaded), filters)
     out = Path(out) if out else stores[0].root / "report"
     out.mkdir(parents=True, exist_ok=True)
     selections = select(done_rows(records), rule)

@@ -14,6 +14,7 @@ from statistics import mean
 
 from .config import RunConfig
 from .io import write_text
+from .report import compute_markdown, compute_spent
 from .store import Store
 
 
@@ -24,8 +25,8 @@ def screen_configs(models: list[str], tasks: list[str], formats: list[str], ns: 
                       methods=["zero-shot", "icl"], limit_eval=limit_eval) for f in formats for t in tasks]
 
 
-def screening_rows(store: Store, margin: float = 0.05) -> list[dict]:
-    recs = [r for r in store.records() if r["status"] == "done" and r["unit"]["method"] in ("zero-shot", "icl")]
+def screening_rows(records: list[dict], margin: float = 0.05) -> list[dict]:
+    recs = [r for r in records if r["status"] == "done" and r["unit"]["method"] in ("zero-shot", "icl")]
     cells: dict = defaultdict(lambda: {"zs": [], "zs_label": [], "icl": defaultdict(list), "majority": None})
     for r in recs:
         u = r["unit"]
@@ -73,15 +74,14 @@ def screening_markdown(rows: list[dict], command: str, machine: str, margin: flo
                                         *[f(r["icl_acc"].get(n)) for n in ns],
                                         "**yes**" if r["responsive"] else "no"]) + " |")
     if compute is not None:
-        from .report import compute_markdown
         lines += ["", "## Compute", "", compute_markdown(compute).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
 def write_screening(store: Store, command: str, machine: str, margin: float = 0.05) -> list[dict]:
-    from .report import compute_spent
-    rows = screening_rows(store, margin)
-    compute = compute_spent(store.records())
+    records = store.records()  # read once: the table and its compute line
+    rows = screening_rows(records, margin)
+    compute = compute_spent(records)
     write_text(store.root / "screening.md", screening_markdown(rows, command, machine, margin, compute))
     buf = io.StringIO()
     w = csv.writer(buf)

@@ -70,6 +70,11 @@ def done_rows(records: list[dict]) -> list[dict]:
     return out
 
 
+def generative_task(name: str) -> bool:
+    from .tasks import REGISTRY
+    return name in REGISTRY and REGISTRY[name].kind == "generative"
+
+
 @dataclass
 class Selection:
     """The chosen configuration of one cell and the rows (one per run) that it reports."""
@@ -93,9 +98,7 @@ class Selection:
     def table_key(self) -> tuple:
         # A generative task has no label format (its units carry the default "digits"): it gets its own table
         # instead of joining the single-token table of the same model and N.
-        from .tasks import REGISTRY
-        generative = self.task in REGISTRY and REGISTRY[self.task].kind == "generative"
-        return (self.model, "generative" if generative else self.label_format, self.n)
+        return (self.model, "generative" if generative_task(self.task) else self.label_format, self.n)
 
     @property
     def row_key(self) -> tuple:
