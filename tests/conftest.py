@@ -7,6 +7,8 @@
 - ``tiny_lm`` / ``tiny_gemma`` are session-scoped tiny random models (byte tokenizer; the Gemma one
   adds a BOS token). They are shared: do not modify them in place (e.g. attach an adapter to them);
   call ``ia2.models.load_model("tiny-llama")`` for a private copy instead.
+- ``IA2_TEST_DEVICE`` (default ``cpu``) moves the model tests onto another device, e.g.
+  ``IA2_TEST_DEVICE=cuda make test`` on a GPU machine; they stay in fp32 there so tolerances hold.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def _mirror_path() -> Path:
 
 
 MIRROR = _mirror_path()
+TEST_DEVICE = os.environ.get("IA2_TEST_DEVICE", "cpu")
 HAVE_MIRROR = (MIRROR / "stanfordnlp" / "sst2").is_dir()
 
 
@@ -53,18 +56,18 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_lm():
-    """Random 2-layer Llama with a byte tokenizer (no BOS), fp32 on CPU."""
+    """Random 2-layer Llama with a byte tokenizer (no BOS), fp32 on TEST_DEVICE (the CPU by default)."""
     from ia2.models import load_model
 
-    return load_model("tiny-llama", device="cpu", dtype="fp32")
+    return load_model("tiny-llama", device=TEST_DEVICE, dtype="fp32")
 
 
 @pytest.fixture(scope="session")
 def tiny_gemma():
-    """Random 2-layer Gemma-3 with a byte tokenizer that prepends a BOS token, fp32 on CPU."""
+    """Random 2-layer Gemma-3 with a byte tokenizer that prepends a BOS token, fp32 on TEST_DEVICE."""
     from ia2.models import load_model
 
-    return load_model("tiny-gemma", device="cpu", dtype="fp32")
+    return load_model("tiny-gemma", device=TEST_DEVICE, dtype="fp32")
 
 
 @pytest.fixture(scope="module")

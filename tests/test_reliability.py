@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TEST_DEVICE
 import torch
 
 import ia2
@@ -27,7 +28,7 @@ needs_mirror = pytest.mark.skipif(not (DATA / "stanfordnlp" / "sst2").is_dir(), 
 
 GRID = ["run", "--model", "tiny-llama", "--task", "sst2", "--eval-tasks", "sst2", "--n", "4", "--runs", "0",
         "--methods", "zero-shot,icl,sft,ia2-then-sft", "--lr", "1e-3", "--limit-eval", "10", "--max-epochs", "1",
-        "--asim-examples", "2", "--device", "cpu"]
+        "--asim-examples", "2", "--device", TEST_DEVICE]
 
 
 def _enospc(*_a, **_k):
@@ -94,7 +95,7 @@ def test_resume_skips_finished_units(first_run, capsys):
     cfg.write_text("models: [tiny-llama]\ntasks: [sst2]\neval_tasks: [sst2]\nn: [4]\nruns: [0]\n"
                    "methods: [zero-shot, icl, sft, ia2-then-sft]\nlrs: [1.0e-3]\nlimit_eval: 10\nmax_epochs: 1\n"
                    "asim_examples: 2\n")
-    assert main(["sweep", str(cfg), "--device", "cpu", "--out", str(first_run)]) == 0
+    assert main(["sweep", str(cfg), "--device", TEST_DEVICE, "--out", str(first_run)]) == 0
     assert "sweep: 0 run, 4 already done, 0 failed" in capsys.readouterr().err
     assert {p.name: p.stat().st_mtime_ns for p in sorted((first_run / "records").glob("*.json"))} == before
 

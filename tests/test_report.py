@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import TEST_DEVICE
 
 from ia2.config import Unit
 from ia2.errors import IA2Error
@@ -208,7 +209,7 @@ def store(tmp_path_factory):
         mp.setenv("IA2_DATA_DIR", str(DATA))
         rc = main(["run", "--model", "tiny-llama", "--task", "sst2", "--n", "4", "--runs", "0,1", "--methods", METHODS,
                    "--lr", "1e-3,3e-4", "--ce-weight", "0.05", "--limit-eval", "20", "--max-epochs", "2",
-                   "--asim-examples", "5", "--out", str(out), "--device", "cpu"])
+                   "--asim-examples", "5", "--out", str(out), "--device", TEST_DEVICE])
         assert rc == 0
         assert main(["analyze", str(out)]) == 0
         assert main(["report", str(out)]) == 0
@@ -355,8 +356,8 @@ def test_recomputed_asim_compares_with_the_frozen_base(store):
     rec = next(r for r in records if r["unit"]["method"] == "ia2-then-sft" and r["unit"]["run"] == 0)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IA2_DATA_DIR", str(DATA))
-        got = recompute_asim([rec], st.root, 3, device="cpu", force=True)
-        ctx = Runner(st, device="cpu", log=lambda m: None).context(Unit.from_dict({**rec["unit"], "asim_examples": 3}))
+        got = recompute_asim([rec], st.root, 3, device=TEST_DEVICE, force=True)
+        ctx = Runner(st, device=TEST_DEVICE, log=lambda m: None).context(Unit.from_dict({**rec["unit"], "asim_examples": 3}))
         model = peft.PeftModel.from_pretrained(ctx.lm.model, str(st.root / rec["adapter"]))
         with model.disable_adapter():
             base = ctx.asim_acts(model, "sst2", True)
@@ -378,7 +379,7 @@ def test_filtered_analysis_recomputes_only_its_units_into_its_own_folder(store, 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IA2_DATA_DIR", str(DATA))
         assert main(["analyze", str(store), "--only", "method=ia2", "--only", "lr=1e-3", "--examples", "3",
-                     "--out", str(out), "--device", "cpu"]) == 0
+                     "--out", str(out), "--device", TEST_DEVICE]) == 0
     res = json.loads((out / "asim.json").read_text())
     assert [(p["method"], p["lr"]) for p in res["per_method"]] == [("ia2", 1e-3)]
     assert all(0.0 < r["norm_ratio"] < 10.0 and r["examples"] == [3] for r in res["rows"])

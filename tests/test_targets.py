@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+from conftest import TEST_DEVICE
 import torch
 
 from ia2.data import Example, make_split
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fresh(kind: str = "tiny-llama"):
-    return load_model(kind, device="cpu", dtype=torch.float32)
+    return load_model(kind, device=TEST_DEVICE, dtype=torch.float32)
 
 
 def pool(prefix: str = "Text:") -> list[Example]:

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import TEST_DEVICE
 import torch
 import torch.nn.functional as F
 
@@ -41,7 +42,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fresh(kind: str = "tiny-llama"):
-    return load_model(kind, device="cpu", dtype=torch.float32)
+    return load_model(kind, device=TEST_DEVICE, dtype=torch.float32)
 
 
 def teacher(lm, prompts: list[list[int]], g: int):
@@ -130,7 +131,7 @@ def test_teacher_and_student_output_positions_hold_the_same_tokens(kind, g):
     # Student: query + y[:-1], left padded inside a batch of examples of other lengths.
     others = [StudentExample(encode(tok, QUERIES[2]), [65, 66]), StudentExample(encode(tok, QUERIES[1]), [67] * 7)]
     ex = StudentExample(query, y)
-    batch = make_batch([others[0], ex, others[1]], tok.pad_token_id, "cpu")
+    batch = make_batch([others[0], ex, others[1]], tok.pad_token_id, TEST_DEVICE)
     row = batch.inputs["input_ids"][1].tolist()
     assert row[-g:] == [query[-1]] + y[:-1]
     assert row[-g:] == seq[-g:]  # same token at every aligned output position
@@ -158,7 +159,7 @@ def test_zero_demo_teacher_activations_equal_student_activations(kind):
     torch.manual_seed(0)
     pm = attach(lm.model, AdapterConfig())
     try:
-        batch = make_batch(exs, tok.pad_token_id, "cpu")
+        batch = make_batch(exs, tok.pad_token_id, TEST_DEVICE)
         with torch.no_grad(), AttentionCapture(pm, last=batch.width) as cap:
             pm(**batch.inputs)
         acts = cap.outputs
@@ -185,7 +186,7 @@ def test_ia2_loss_is_sum_over_layers_of_per_layer_mse(kind):
     pm = attach(lm.model, AdapterConfig())
     try:
         randomise_lora(pm)
-        batch = make_batch(exs, lm.tokenizer.pad_token_id, "cpu")
+        batch = make_batch(exs, lm.tokenizer.pad_token_id, TEST_DEVICE)
         with torch.no_grad():
             per_ex = Objective("ia2", "icl").per_example(pm, batch)
             with AttentionCapture(pm, last=batch.width) as cap:
@@ -217,7 +218,7 @@ def test_ia2_adam_step_lowers_mse(g):
     pm = attach(lm.model, AdapterConfig())
     try:
         obj = Objective("ia2", "icl")
-        batch = make_batch(ex, lm.tokenizer.pad_token_id, "cpu")
+        batch = make_batch(ex, lm.tokenizer.pad_token_id, TEST_DEVICE)
         params = [p for p in pm.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=1e-2)
         before = obj.per_example(pm, batch).mean()
@@ -252,13 +253,13 @@ def test_batched_losses_and_gradients_equal_single_examples(kind, obj):
         pad = lm.tokenizer.pad_token_id
         params = {n: p for n, p in pm.named_parameters() if p.requires_grad}
         pm.zero_grad(set_to_none=True)
-        batched = obj.per_example(pm, make_batch(exs, pad, "cpu"))
+        batched = obj.per_example(pm, make_batch(exs, pad, TEST_DEVICE))
         batched.mean().backward()
         g_batch = {n: p.grad.clone() for n, p in params.items()}
         pm.zero_grad(set_to_none=True)
         singles = []
         for ex in exs:
-            loss = obj.per_example(pm, make_batch([ex], pad, "cpu"))
+            loss = obj.per_example(pm, make_batch([ex], pad, TEST_DEVICE))
             (loss.sum() / len(exs)).backward()
             singles.append(loss.detach())
         singles = torch.cat(singles)
@@ -359,7 +360,7 @@ def _runner(root: Path, logs: list | None = None):
     from ia2.pipeline import Runner
     from ia2.store import Store
 
-    return Runner(Store(root), device="cpu", dtype=torch.float32,
+    return Runner(Store(root), device=TEST_DEVICE, dtype=torch.float32,
                   log=(logs.append if logs is not None else (lambda *a: None)))
 
 
