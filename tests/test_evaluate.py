@@ -76,6 +76,25 @@ def test_score_single_records_match_unbatched(request, which):
 
 
 @pytest.mark.parametrize("which", ["tiny_lm", "tiny_gemma"])
+def test_greedy_decode_records_the_residual_stream_the_head_reads(request, which):
+    lm = request.getfixturevalue(which)
+    prompts = [encode(lm.tokenizer, t) for t in TEXTS[:3]]
+    got = greedy_decode(lm.model, lm.tokenizer, prompts, 4, stop=None, logprobs="full", hidden=True)
+    plain = greedy_decode(lm.model, lm.tokenizer, prompts, 4, stop=None, logprobs="full")
+    for a, b in zip(got, plain):
+        assert a.tokens == b.tokens and b.hidden is None
+        assert a.hidden.shape == (lm.num_layers + 1, len(a.tokens), lm.model.config.hidden_size)
+        # the last entry is what the LM head reads: it gives back the recorded next-token distribution
+        head = lm.model.get_output_embeddings()
+        with torch.no_grad():
+            logits = head(a.hidden[-1].to(lm.device, head.weight.dtype)).float()
+        softcap = getattr(lm.model.config, "final_logit_softcapping", None)
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        torch.testing.assert_close(torch.log_softmax(logits, -1).cpu(), a.logprobs, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("which", ["tiny_lm", "tiny_gemma"])
 def test_greedy_decode_cache_equals_recompute_and_single(request, which):
     lm = request.getfixturevalue(which)
     prompts = [encode(lm.tokenizer, t) for t in TEXTS[:4]]

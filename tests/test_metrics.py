@@ -24,6 +24,7 @@ from ia2.metrics import (
     ece_standard,
     generative_accuracy,
     metrics_from_records,
+    next_token_kl,
     paired_ttest,
     reliability_bins,
     single_token_metrics,
@@ -353,6 +354,16 @@ def test_norm_ratio_sees_the_scale_that_asim_cannot():
     assert float(activation_norm_ratio(t, s)[0]) == pytest.approx(1.0)
     with pytest.raises(ValueError):
         activation_norm_ratio(teacher, torch.randn(2, 4, 8))
+
+
+def test_next_token_kl_hand_values():
+    p = torch.log(torch.tensor([0.5, 0.5, 0.0]))  # a zero-probability token of the teacher contributes nothing
+    q = torch.log(torch.tensor([0.25, 0.5, 0.25]))
+    assert next_token_kl(p, q) == pytest.approx(0.5 * math.log(2.0))
+    assert next_token_kl(q, q) == pytest.approx(0.0, abs=1e-12)
+    assert next_token_kl(q, p) == float("inf")  # the student gives 0 where the teacher does not
+    with pytest.raises(ValueError):
+        next_token_kl(q, q[:2])
 
 
 def test_asim_summary():

@@ -174,6 +174,8 @@ def test_only_filters_units_and_keeps_baselines():
     assert {(r["unit"]["method"], r["unit"]["lr"]) for r in kept} == {("sft", 1e-3), ("icl", None)}
     assert [r["unit"]["run"] for r in filter_records(recs, parse_filters(["lr=0.001", "run=1", "model=m"]))] == [1]
     assert filter_records(recs, parse_filters(["model=other"])) == []
+    either = filter_records(recs, parse_filters(["lr=1e-3, 3e-4", "run=1"]))  # a comma list: any of them
+    assert sorted(r["unit"]["lr"] for r in either) == [3e-4, 1e-3]
     for bad in ("lr", "learning_rate=1e-3"):
         with pytest.raises(IA2Error, match="bad --only"):
             parse_filters([bad])
@@ -387,6 +389,27 @@ def test_filtered_analysis_recomputes_only_its_units_into_its_own_folder(store, 
                for r in res["rows"])
     assert "| norm ratio |" in (out / "asim.md").read_text()
     assert (store / "analysis" / "asim.json").read_text() == before
+
+
+def test_residual_analysis_measures_every_method_and_the_zero_shot_floor(store, tmp_path):
+    from ia2.cli import main
+
+    out = tmp_path / "residual"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IA2_DATA_DIR", str(DATA))
+        assert main(["analyze", str(store), "--only", "run=0", "--only", "method=ia2,sft", "--residual", "--examples", "3",
+                     "--out", str(out), "--device", TEST_DEVICE]) == 0
+    res = json.loads((out / "asim.json").read_text())
+    methods = {p["method"] for p in res["per_method"]}
+    assert methods == {"zero-shot", "sft", "ia2"}  # the zero-shot floor comes along despite --only method=
+    for r in res["rows"]:
+        assert len(r["resid_layers"]) == 3 and r["examples"] == [3]  # embeddings + 2 blocks
+        # both prompts end in the same query token, and no adapter touches the embeddings
+        assert r["resid_layers"][0] == pytest.approx(1.0, abs=1e-6)
+        assert r["kl"] >= 0.0 and 0.0 <= r["top1_agree"] <= 1.0 and r["resid_norm_last"] > 0.0
+    md = (out / "asim.md").read_text()
+    assert "## Residual stream and next-token distribution (--residual)" in md
+    assert "| Zero-shot | - |" in md
 
 
 def test_generative_and_single_token_tasks_of_one_model_and_n_get_separate_tables():

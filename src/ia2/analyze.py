@@ -136,10 +136,13 @@ def stored_asim(records: list[dict]) -> dict[tuple, dict]:
 
 
 def recompute_asim(records: list[dict], root: Path, examples: int | None, device=None, force: bool = False,
-                   log=print) -> dict[tuple, dict]:
+                   log=print, residual: bool = False) -> dict[tuple, dict]:
     """asim of saved adapters on ``examples`` eval examples (None: the unit's own asim_examples).
 
     Only units whose stored count differs are recomputed unless ``force``. Loads each model once.
+    ``residual`` adds, at the first output position, the residual stream's cosine and norm ratio per layer
+    and KL(ICL || method) of the next-token distribution, and includes zero-shot units (the frozen base
+    without demonstrations) as the floor every method starts from.
     """
     import peft
 
@@ -148,9 +151,16 @@ def recompute_asim(records: list[dict], root: Path, examples: int | None, device
     from .pipeline import Runner
     from .store import Store
 
-    todo = [r for r in records if r.get("status") == "done" and r.get("adapter") and r["unit"].get("lr") is not None
-            and (force or any(_stored_count(r, row) != min(examples or 0, row.get("n_eval") or 0)
-                              for row in r.get("results", [])))]
+    def wanted(r: dict) -> bool:
+        if r.get("status") != "done":
+            return False
+        if residual and r["unit"]["method"] == "zero-shot":
+            return True
+        return bool(r.get("adapter")) and r["unit"].get("lr") is not None and (
+            force or residual or any(_stored_count(r, row) != min(examples or 0, row.get("n_eval") or 0)
+                                     for row in r.get("results", [])))
+
+    todo = [r for r in records if wanted(r)]
     runner = Runner(Store(root, create=False), device=device, log=log, save_adapters=False)
     out = {}
     for rec in sorted(todo, key=lambda r: (r["unit"]["model"], str(Unit.from_dict(r["unit"]).group))):
@@ -158,7 +168,10 @@ def recompute_asim(records: list[dict], root: Path, examples: int | None, device
         ctx = runner.context(unit)
         for name in ctx.evals:  # the frozen base with ICL, memoised BEFORE any adapter is injected:
             ctx.base_icl_acts(name)  # PEFT patches the base model's modules in place
-        model = peft.PeftModel.from_pretrained(ctx.lm.model, str(root / rec["adapter"]))
+            if residual:
+                ctx.base_icl_outputs(name)
+        model = peft.PeftModel.from_pretrained(ctx.lm.model, str(root / rec["adapter"])) if rec.get("adapter") \
+            else ctx.lm.model
         try:
             for name in ctx.evals:
                 ours = ctx.asim_acts(model, name, False)
@@ -167,9 +180,34 @@ def recompute_asim(records: list[dict], root: Path, examples: int | None, device
                 norm, norm_layers = metrics.asim_summary([metrics.activation_norm_ratio(a, b) for a, b in pairs])
                 out[(rec["uid"], name)] = {"asim": asim, "layers": layers, "examples": len(pairs),
                                            "source": "recomputed", "norm_ratio": norm, "norm_layers": norm_layers}
+                if residual:
+                    out[(rec["uid"], name)].update(_residual(ctx.base_icl_outputs(name),
+                                                             ctx.first_outputs(model, name, False)))
         finally:
-            ctx.lm.model = detach(model)
+            if rec.get("adapter"):
+                ctx.lm.model = detach(model)
     return out
+
+
+def _zero_shot_of(chosen: list[dict], records: list[dict]) -> list[dict]:
+    """The finished zero-shot records of the same groups (model, task, format, N, run, ...) as ``chosen``."""
+    from .config import Unit
+
+    groups = {Unit.from_dict(r["unit"]).group for r in chosen}
+    have = {r["uid"] for r in chosen}
+    return [r for r in records if r.get("status") == "done" and r["unit"]["method"] == "zero-shot"
+            and r["uid"] not in have and Unit.from_dict(r["unit"]).group in groups]
+
+
+def _residual(icl: list, ours: list) -> dict:
+    """Compare the base with demonstrations (``icl``) and a model without them (``ours``) at the first output
+    position: residual stream per layer (cosine, norm ratio), next-token KL, and top-1 agreement."""
+    pairs = list(zip(icl, ours))
+    _, cos = metrics.asim_summary([metrics.activation_similarity(a.hidden, b.hidden) for a, b in pairs])
+    _, norm = metrics.asim_summary([metrics.activation_norm_ratio(a.hidden, b.hidden) for a, b in pairs])
+    return {"resid_layers": cos, "resid_norm_layers": norm,
+            "kl": statistics.fmean(metrics.next_token_kl(a.logprobs[0], b.logprobs[0]) for a, b in pairs),
+            "top1_agree": statistics.fmean(float(a.tokens[0] == b.tokens[0]) for a, b in pairs)}
 
 
 def asim_summary(records: list[dict], values: dict[tuple, dict]) -> dict:
@@ -186,13 +224,28 @@ def asim_summary(records: list[dict], values: dict[tuple, dict]) -> dict:
                      "std": statistics.stdev([v["asim"] for v in vs]) if len(vs) > 1 else None,
                      "layers": _mean_layers(vs, "layers"),
                      "norm_ratio": _mean_of(vs, "norm_ratio"), "norm_layers": _mean_layers(vs, "norm_layers"),
+                     **_residual_means(vs),
                      "examples": sorted({v["examples"] for v in vs}), "source": sorted({v["source"] for v in vs})})
     return {"definition": "cosine similarity over d between the base model WITH demonstrations and the adapter "
                           "WITHOUT them, at output positions, per layer; averaged over examples, then layers",
             "norm_ratio": "||adapter without demonstrations|| / ||base with demonstrations|| of the same activations, "
                           "averaged the same way (recomputed values only: asim cannot see a shrunken but aligned "
                           "activation)",
+            "residual": "at the first output position (the query's last token): cosine and norm ratio of the "
+                        "residual stream per layer (embeddings first; the last entry is what the LM head reads), "
+                        "KL(ICL || method) of the next-token distribution in nats, and how often both pick the same "
+                        "top-1 token (--residual only)",
             "rows": rows, "per_method": _per_method(rows)}
+
+
+def _residual_means(items: list[dict]) -> dict:
+    """Means over runs of the --residual measures; {} when none was computed."""
+    if not any(x.get("resid_layers") for x in items):
+        return {}
+    cos, norm = _mean_layers(items, "resid_layers"), _mean_layers(items, "resid_norm_layers")
+    return {"resid_layers": cos, "resid_norm_layers": norm, "resid_last": cos[-1] if cos else None,
+            "resid_norm_last": norm[-1] if norm else None,
+            "kl": _mean_of(items, "kl"), "top1_agree": _mean_of(items, "top1_agree")}
 
 
 def _per_method(rows: list[dict]) -> list[dict]:
@@ -206,7 +259,7 @@ def _per_method(rows: list[dict]) -> list[dict]:
     for key, rs in sorted(by.items(), key=lambda kv: (str(kv[0][:4]), _column_order(kv[0][4]), kv[0][5])):
         out.append({**dict(zip(keys, key)), "rows": len(rs), "asim": statistics.fmean(r["asim"] for r in rs),
                     "layers": _mean_layers(rs, "layers"),
-                    "norm_ratio": _mean_of(rs, "norm_ratio")})
+                    "norm_ratio": _mean_of(rs, "norm_ratio"), **_residual_means(rs)})
     return out
 
 
@@ -226,6 +279,10 @@ def _layers_text(layers: list[float]) -> str:
     return " ".join(f"{x:.2f}" for x in layers) if layers else "-"
 
 
+def _lr(x) -> str:
+    return "-" if x is None else f"{x:g}"
+
+
 def asim_markdown(res: dict) -> str:
     lines = ["# Activation similarity with ICL (asim)", "", f"Definition: {res['definition']}.",
              f"Norm ratio: {res['norm_ratio']}.", "",
@@ -233,20 +290,31 @@ def asim_markdown(res: dict) -> str:
              "| model | format | N | source | method | lr | eval rows | asim | norm ratio | per layer |",
              "|---|---|---:|---|---|---:|---:|---:|---:|---|"]
     lines += [f"| {p['model']} | {p['label_format']} | {p['n']} | {p['task']} | {column_title(p['method'])} | "
-              f"{p['lr']:g} | {p['rows']} | {p['asim']:.3f} | {_f(p['norm_ratio'])} | {_layers_text(p['layers'])} |"
+              f"{_lr(p['lr'])} | {p['rows']} | {p['asim']:.3f} | {_f(p['norm_ratio'])} | {_layers_text(p['layers'])} |"
               for p in res["per_method"]]
     lines += ["", "| model | format | N | source | eval | method | lr | asim (std) | norm ratio | runs | examples "
               "| per layer |", "|---|---|---:|---|---|---|---:|---:|---:|---:|---|---|"]
     for r in res["rows"]:
         cell = f"{r['asim']:.3f}" + (f" ({r['std']:.3f})" if r["std"] is not None else "")
         lines.append(f"| {r['model']} | {r['label_format']} | {r['n']} | {r['task']} | {r['eval_task']} | "
-                     f"{column_title(r['method'])} | {r['lr']:g} | {cell} | {_f(r['norm_ratio'])} | {r['runs']} | "
+                     f"{column_title(r['method'])} | {_lr(r['lr'])} | {cell} | {_f(r['norm_ratio'])} | {r['runs']} | "
                      f"{','.join(map(str, r['examples']))} ({'/'.join(r['source'])}) | {_layers_text(r['layers'])} |")
+    resid = [p for p in res["per_method"] if p.get("resid_layers")]
+    if resid:
+        lines += ["", "## Residual stream and next-token distribution (--residual)", "",
+                  f"Measured {res['residual']}. Per setting, mean over its evaluation tasks:", "",
+                  "| model | format | N | source | method | lr | asim | residual cosine, last layer | "
+                  "residual norm ratio, last layer | KL(ICL ‖ method) | same top-1 | residual cosine per layer |",
+                  "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|"]
+        lines += [f"| {p['model']} | {p['label_format']} | {p['n']} | {p['task']} | {column_title(p['method'])} | "
+                  f"{_lr(p['lr'])} | {p['asim']:.3f} | {_f(p['resid_last'])} | {_f(p['resid_norm_last'])} | "
+                  f"{_f(p['kl'])} | {_f(p['top1_agree'], 2)} | {_layers_text(p['resid_layers'])} |" for p in resid]
     return "\n".join(lines) + "\n"
 
 
 def analyze(store_dir: str | Path, examples: int | None = None, recompute: bool = False, device=None,
-            log=print, filters: dict[str, str] | None = None, out: str | Path | None = None) -> Path:
+            log=print, filters: dict[str, str] | None = None, out: str | Path | None = None,
+            residual: bool = False) -> Path:
     """Write overlap.{json,md} and asim.{json,md} under ``out`` (default ``<store>/analysis``, which ``ia2
     report`` reads); returns that folder. ``filters`` (``--only``) restrict it to some units, e.g. to
     recompute a few adapters; such a partial analysis goes to its own ``out``, never over the store's."""
@@ -257,15 +325,18 @@ def analyze(store_dir: str | Path, examples: int | None = None, recompute: bool 
         if out is None:
             raise IA2Error("an analysis filtered with --only needs its own --out folder",
                            "add e.g. --out runs/analysis-gemma, so the store's full analysis is not overwritten")
-        records = matching_records(records, filters)
+        everything, records = records, matching_records(records, filters)
+        if residual:  # the zero-shot floor of the chosen units' groups, whatever the filters say (it has no lr)
+            records += _zero_shot_of(records, everything)
     out = Path(out) if out else store.root / "analysis"
     ov = lora_overlap(records, store.root)
     write_json(out / "overlap.json", ov)
     write_text(out / "overlap.md", overlap_markdown(ov))
     values = stored_asim(records)
-    if examples is not None or recompute:
-        values.update(recompute_asim(records, store.root, examples, device=device, force=recompute, log=log))
+    if examples is not None or recompute or residual:
+        values.update(recompute_asim(records, store.root, examples, device=device, force=recompute, log=log,
+                                     residual=residual))
     res = asim_summary(records, values)
-    write_json(out / "asim.json", {"examples": examples, "recomputed": recompute, **res})
+    write_json(out / "asim.json", {"examples": examples, "recomputed": recompute, "residual": residual, **res})
     write_text(out / "asim.md", asim_markdown(res))
     return out

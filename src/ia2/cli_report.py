@@ -20,8 +20,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="output folder (default: DIR/report; required with several stores)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--only", action="append", metavar="FIELD=VALUE",
-                   help="report only units with this unit setting, e.g. --only lr=1e-3 --only n=4 (repeatable; "
-                        "units without the field, like the baselines' lr, are kept)")
+                   help="report only units with this unit setting, e.g. --only lr=1e-3 --only n=4,8 (repeatable; a "
+                        "comma list means any of them; units without the field, like the baselines' lr, are kept)")
     p.set_defaults(fn=cmd_report)
 
 

@@ -23,6 +23,7 @@ class Decoded:
     acts: torch.Tensor | None = None  # [L, G, d] attention outputs at the output positions
     logprobs: torch.Tensor | None = None  # [G, V] full, or [G, k] with ``top_ids`` when top-k
     top_ids: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None  # [L + 1, G, d] residual stream (embeddings, then each block's output)
 
 
 def _finished(tokenizer, toks: list[int], eos_ids: set[int], stop: str | None) -> bool:
@@ -45,8 +46,9 @@ def eos_token_ids(model, tokenizer) -> set[int]:
 @torch.no_grad()
 def greedy_decode(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, *,
                   stop: str | None = STOP, capture: bool = False, logprobs: str | int | None = None,
-                  use_cache: bool = True) -> list[Decoded]:
+                  use_cache: bool = True, hidden: bool = False) -> list[Decoded]:
     """Greedy-decode a batch of prompts (token ids). ``logprobs``: None, "full", or k for top-k.
+    ``hidden`` also records the residual stream at the output positions (``output_hidden_states``).
 
     ``use_cache=False`` recomputes the whole sequence at every step (the slow reference path).
     """
@@ -58,6 +60,7 @@ def greedy_decode(model, tokenizer, prompts: list[list[int]], max_new_tokens: in
     acts: list[list[torch.Tensor]] = [[] for _ in range(B)]
     lps: list[list[torch.Tensor]] = [[] for _ in range(B)]
     tops: list[list[torch.Tensor]] = [[] for _ in range(B)]
+    states: list[list[torch.Tensor]] = [[] for _ in range(B)]
     done = [False] * B
     ids, mask, pos = batch.input_ids, batch.attention_mask, batch.position_ids
     past = None
@@ -65,10 +68,11 @@ def greedy_decode(model, tokenizer, prompts: list[list[int]], max_new_tokens: in
     with AttentionCapture(model, last=1) if capture else _nullcapture() as cap:
         for _ in range(max_new_tokens):
             out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
-                        cache=past, use_cache=use_cache, logits_to_keep=1)
+                        cache=past, use_cache=use_cache, logits_to_keep=1, output_hidden_states=hidden)
             logits = out.logits[:, -1, :].float()
             nxt = logits.argmax(-1)
             layer_out = cap.outputs[:, :, -1, :].float() if capture else None  # [B, L, d]
+            resid = torch.stack([h[:, -1, :] for h in out.hidden_states], 1).float() if hidden else None  # [B, L+1, d]
             lp = torch.log_softmax(logits, -1) if logprobs is not None else None
             for b in range(B):
                 if done[b]:
@@ -76,6 +80,8 @@ def greedy_decode(model, tokenizer, prompts: list[list[int]], max_new_tokens: in
                 gen[b].append(int(nxt[b]))
                 if capture:
                     acts[b].append(layer_out[b].cpu())
+                if hidden:
+                    states[b].append(resid[b].cpu())
                 if lp is not None:
                     if logprobs == "full":
                         lps[b].append(lp[b].cpu())
@@ -102,6 +108,7 @@ def greedy_decode(model, tokenizer, prompts: list[list[int]], max_new_tokens: in
             acts=torch.stack(acts[b], dim=1) if capture else None,
             logprobs=torch.stack(lps[b]) if logprobs is not None else None,
             top_ids=torch.stack(tops[b]) if tops[b] else None,
+            hidden=torch.stack(states[b], dim=1) if hidden else None,
         ))
     return results
 

@@ -354,6 +354,17 @@ def activation_norm_ratio(teacher: torch.Tensor, student: torch.Tensor) -> torch
     return (s.norm(dim=-1) / t.norm(dim=-1).clamp_min(1e-12)).mean(dim=1)
 
 
+def next_token_kl(teacher_logprobs: torch.Tensor, student_logprobs: torch.Tensor) -> float:
+    """KL(teacher || student) in nats between two full next-token log-prob vectors ``[V]`` (fp64)."""
+    if teacher_logprobs.shape != student_logprobs.shape or teacher_logprobs.ndim != 1:
+        raise ValueError(f"expected two [V] log-prob vectors, got {tuple(teacher_logprobs.shape)} and "
+                         f"{tuple(student_logprobs.shape)}")
+    t, s = teacher_logprobs.double(), student_logprobs.double().to(teacher_logprobs.device)
+    p = t.exp()
+    terms = torch.where(p > 0, p * (t - s), torch.zeros_like(p))  # 0 * log 0 = 0, also where t is -inf
+    return float(terms.sum().clamp_min(0.0))
+
+
 def asim_summary(per_example: Sequence[torch.Tensor]) -> tuple[float, list[float]]:
     """Average per-example ``[L]`` similarities over examples (per layer), then over layers.
 

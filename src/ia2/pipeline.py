@@ -22,7 +22,7 @@ from .config import Unit
 from .data import Example, RunSplit, icl_demos_for_eval, load_task_data, make_split, single_label_dev_note
 from .errors import IA2Error, TrainingDiverged
 from .evaluate import EvalResult, evaluate
-from .generation import greedy_decode
+from .generation import Decoded, greedy_decode
 from .io import atomic_path, write_json
 from .methods import StudentExample, get_method, stage_objective
 from .models import LoadedModel, default_dtype, load_model
@@ -164,6 +164,26 @@ class GroupContext:
         if key not in self._memo:
             with self.frozen() as base:
                 self._memo[key] = self.asim_acts(base, name, with_demos=True)
+        return self._memo[key]
+
+    def first_outputs(self, model, name: str, with_demos: bool) -> list[Decoded]:
+        """Residual stream and full next-token log-probs at the first output position (the query's last
+        token, the same context for both prompts) of the asim examples: where ``ia2 analyze --residual``
+        looks for the gap between aligned attention outputs and the model's answer."""
+        es = self.evals[name]
+        k = min(self.unit.asim_examples, len(es.examples))
+        prompts = (self.icl_queries(name) if with_demos else es.queries)[:k]
+        out = []
+        for i in range(0, k, self.teacher_batch_size):
+            out += greedy_decode(model, self.lm.tokenizer, prompts[i:i + self.teacher_batch_size], 1, stop=None,
+                                 logprobs="full", hidden=True)
+        return out
+
+    def base_icl_outputs(self, name: str) -> list[Decoded]:
+        key = ("icl_outputs", name)
+        if key not in self._memo:
+            with self.frozen() as base:
+                self._memo[key] = self.first_outputs(base, name, with_demos=True)
         return self._memo[key]
 
 

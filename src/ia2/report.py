@@ -443,6 +443,11 @@ def parse_filters(specs: list[str] | None) -> dict[str, str]:
 
 
 def _matches(value, wanted: str) -> bool:
+    """``wanted`` is one value or a comma list of alternatives (``method=sft,ia2``)."""
+    return any(_matches_one(value, w.strip()) for w in wanted.split(","))
+
+
+def _matches_one(value, wanted: str) -> bool:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value) == wanted
     try:
