@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "run.py"
 
@@ -72,3 +74,36 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path):
     for heading in ("## Targets", "## Teacher targets, single token", "## Training", "## Evaluation", "## Sweeps"):
         assert heading in md, heading
     assert r["machine"]["cpu_model"] in md
+
+
+def test_shape_model_keeps_the_shape_and_tokenizer_and_draws_new_weights(tmp_path):
+    """benchmarks/shape_model.py: a folder ia2 loads as a model, with the source's config and tokenizer (here
+    gzipped, as a small upload would carry it) and random weights."""
+    import gzip
+
+    import torch
+
+    from ia2.models import load_model, tiny_model
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import shape_model
+    finally:
+        sys.path.pop(0)
+    model, tok = tiny_model("tiny-llama")
+    src = tmp_path / "src"
+    model.config.save_pretrained(src)
+    tok.save_pretrained(src)
+    raw = (src / "tokenizer.json").read_bytes()
+    (src / "tokenizer.json.gz").write_bytes(gzip.compress(raw))
+    (src / "tokenizer.json").unlink()
+
+    out = shape_model.build(src, tmp_path / "shape-tiny", seed=1)
+    lm = load_model(str(out), device="cpu", dtype="fp32")
+    assert (out / "tokenizer.json").read_bytes() == raw
+    assert lm.tokenizer("a fine film")["input_ids"] == tok("a fine film")["input_ids"]
+    ours, theirs = dict(lm.model.named_parameters()), dict(model.named_parameters())
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+    assert not torch.equal(ours["model.layers.0.self_attn.q_proj.weight"], theirs["model.layers.0.self_attn.q_proj.weight"])
+    with pytest.raises(SystemExit, match="config.json not found"):
+        shape_model.build(tmp_path / "nowhere", tmp_path / "x")

@@ -408,7 +408,7 @@ def test_residual_analysis_measures_every_method_and_the_zero_shot_floor(store, 
         assert r["resid_layers"][0] == pytest.approx(1.0, abs=1e-6)
         assert r["kl"] >= 0.0 and 0.0 <= r["top1_agree"] <= 1.0 and r["resid_norm_last"] > 0.0
     md = (out / "asim.md").read_text()
-    assert "## Residual stream and next-token distribution (--residual)" in md
+    assert "**Residual stream and next-token distribution (--residual).**" in md
     assert "| Zero-shot | - |" in md
 
 
