@@ -301,7 +301,7 @@ def asim_markdown(res: dict) -> str:
                      f"{','.join(map(str, r['examples']))} ({'/'.join(r['source'])}) | {_layers_text(r['layers'])} |")
     resid = [p for p in res["per_method"] if p.get("resid_layers")]
     if resid:
-        lines += ["", "## Residual stream and next-token distribution (--residual)", "",
+        lines += ["", "**Residual stream and next-token distribution (--residual).**", "",
                   f"Measured {res['residual']}. Per setting, mean over its evaluation tasks:", "",
                   "| model | format | N | source | method | lr | asim | residual cosine, last layer | "
                   "residual norm ratio, last layer | KL(ICL ‖ method) | same top-1 | residual cosine per layer |",

@@ -23,7 +23,8 @@ class Decoded:
     acts: torch.Tensor | None = None  # [L, G, d] attention outputs at the output positions
     logprobs: torch.Tensor | None = None  # [G, V] full, or [G, k] with ``top_ids`` when top-k
     top_ids: torch.Tensor | None = None
-    hidden: torch.Tensor | None = None  # [L + 1, G, d] residual stream (embeddings, then each block's output)
+    hidden: torch.Tensor | None = None  # [L + 1, G, d] residual stream: embeddings, each block's output
+    # (the last one after the final norm, as transformers' hidden_states give it)
 
 
 def _finished(tokenizer, toks: list[int], eos_ids: set[int], stop: str | None) -> bool:

@@ -147,14 +147,18 @@ class GroupContext:
         # A non-default G_max also caps evaluation decoding, so short CPU runs stay short.
         return None if self.unit.g_max >= 200 or task.kind == "single" else self.unit.g_max
 
-    def asim_acts(self, model, name: str, with_demos: bool) -> list[torch.Tensor]:
-        """Attention outputs at output positions, each model decoding its own greedy tokens."""
+    def _asim_prompts(self, name: str, with_demos: bool) -> tuple[EvalSet, list[list[int]]]:
+        """The first asim_examples evaluation queries of ``name``, with or without the demonstrations."""
         es = self.evals[name]
         k = min(self.unit.asim_examples, len(es.examples))
-        prompts = (self.icl_queries(name) if with_demos else es.queries)[:k]
+        return es, (self.icl_queries(name) if with_demos else es.queries)[:k]
+
+    def asim_acts(self, model, name: str, with_demos: bool) -> list[torch.Tensor]:
+        """Attention outputs at output positions, each model decoding its own greedy tokens."""
+        es, prompts = self._asim_prompts(name, with_demos)
         g = 1 if es.task.kind == "single" else (self._max_new(es.task) or es.task.max_new_tokens)
         out = []
-        for i in range(0, k, self.teacher_batch_size):
+        for i in range(0, len(prompts), self.teacher_batch_size):
             out += [d.acts for d in greedy_decode(model, self.lm.tokenizer, prompts[i:i + self.teacher_batch_size], g,
                                                   stop=None if g == 1 else "\n\n", capture=True)]
         return out
@@ -170,11 +174,9 @@ class GroupContext:
         """Residual stream and full next-token log-probs at the first output position (the query's last
         token, the same context for both prompts) of the asim examples: where ``ia2 analyze --residual``
         looks for the gap between aligned attention outputs and the model's answer."""
-        es = self.evals[name]
-        k = min(self.unit.asim_examples, len(es.examples))
-        prompts = (self.icl_queries(name) if with_demos else es.queries)[:k]
+        _, prompts = self._asim_prompts(name, with_demos)
         out = []
-        for i in range(0, k, self.teacher_batch_size):
+        for i in range(0, len(prompts), self.teacher_batch_size):
             out += greedy_decode(model, self.lm.tokenizer, prompts[i:i + self.teacher_batch_size], 1, stop=None,
                                  logprobs="full", hidden=True)
         return out
