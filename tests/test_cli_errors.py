@@ -387,6 +387,20 @@ def test_stratified_dev_split_runs_and_removes_single_label_dev_sets(capsys, tmp
     assert notes["reference"] and not notes["stratified"]
 
 
+def test_relative_ia2_loss_reaches_the_record(capsys, tmp_path):
+    """--ia2-loss relative trains, is recorded in the unit, and cannot share a report cell with the paper's loss."""
+    task = user_task(tmp_path)
+    for loss in ("mse", "relative"):
+        rc, _, err = run_cli(capsys, "run", "--task", task, "--n", "4", *FAST, "--methods", "ia2",
+                             "--ia2-loss", loss, "--out", str(tmp_path / "s"))
+        assert rc == 0, err
+    records = [json.loads(p.read_text()) for p in (tmp_path / "s" / "records").glob("*.json")]
+    assert sorted(r["unit"].get("ia2_loss", "mse") for r in records) == ["mse", "relative"]
+    assert all(r["status"] == "done" for r in records)
+    rc, _, err = run_cli(capsys, "report", str(tmp_path / "s"), "--out", str(tmp_path / "r"))
+    assert rc == 2 and "ia2_loss" in err
+
+
 def test_stratified_dev_split_on_a_generative_task(capsys, tmp_path):
     rc, _, err = run_cli(capsys, "run", "--task", "gsm8k", "--dev-split", "stratified", *FAST,
                          "--out", str(tmp_path / "o"))

@@ -67,6 +67,13 @@ def test_unit_identity_is_stable_and_dev_split_is_part_of_it():
         RunConfig(tasks=["gsm8k"], dev_split="stratified")
     with pytest.raises(IA2Error, match="unknown dev split"):
         RunConfig(dev_split="balanced")
+    # likewise the IA2 loss variant: "mse" (the paper's) stays out, "relative" is another unit with the same targets
+    assert "ia2_loss" not in u.to_dict()
+    rel = RunConfig(models=["smollm2-135m"], tasks=["sst2"], eval_tasks=["sst2"], methods=["ia2"],
+                    ia2_loss="relative").units()[0]
+    assert rel.uid() != u.uid() and rel.group == u.group and type(u).from_dict(rel.to_dict()) == rel
+    with pytest.raises(IA2Error, match="unknown IA2 loss 'l1'"):
+        RunConfig(ia2_loss="l1")
 
 
 def test_units_share_teacher_groups():

@@ -20,8 +20,8 @@ from ia2.activations import AttentionCapture
 from ia2.adapters import AdapterConfig, attach, detach, trainable_state
 from ia2.data import Example
 from ia2.generation import greedy_decode
-from ia2.methods import Objective, StudentExample, get_method, make_batch
-from ia2.methods.objectives import ia2_loss
+from ia2.methods import Objective, StudentExample, get_method, make_batch, stage_objective
+from ia2.methods.objectives import ia2_loss, relative_layer_weights
 from ia2.models import load_model
 from ia2.prompts import encode, icl_prompt
 from ia2.train import TrainConfig, train_stage
@@ -204,6 +204,35 @@ def test_ia2_loss_is_sum_over_layers_of_per_layer_mse(kind):
             # equivalently: MSE over all elements times L
             torch.testing.assert_close(per_ex[i], F.mse_loss(student, ex.acts.float()) * lm.num_layers,
                                        atol=1e-9, rtol=1e-5)
+    finally:
+        detach(pm)
+
+
+def test_relative_ia2_loss_weights_each_layer_by_the_teachers_mean_square():
+    """--ia2-loss relative: per-layer MSE / the teacher's mean square of that layer, over all positions."""
+    lm = fresh("tiny-gemma")
+    exs = teacher_examples(lm, [4, 1, 6])
+    w = relative_layer_weights(exs)
+    all_acts = torch.cat([e.acts.float() for e in exs], dim=1)  # [L, sum G, d]
+    assert len(w) == lm.num_layers
+    torch.testing.assert_close(torch.tensor(w), 1 / all_acts.pow(2).mean(dim=(1, 2)), rtol=1e-5, atol=0)
+    torch.manual_seed(0)
+    pm = attach(lm.model, AdapterConfig())
+    try:
+        randomise_lora(pm)
+        batch = make_batch(exs, lm.tokenizer.pad_token_id, TEST_DEVICE)
+        with torch.no_grad():
+            rel = get_method("ia2")
+            per_ex = stage_objective(rel.stages[0], "gt", 0.0, None, w).per_example(pm, batch)
+            plain = Objective("ia2", "icl").per_example(pm, batch)
+        for i, ex in enumerate(exs):
+            with torch.no_grad():
+                student = o_proj_outputs(pm, ex.query_ids + ex.target_ids[:-1], len(ex.target_ids))
+            by_hand = sum(F.mse_loss(student[l], ex.acts[l].float()) * w[l] for l in range(lm.num_layers))
+            torch.testing.assert_close(per_ex[i], by_hand, atol=1e-9, rtol=1e-5)
+        assert not torch.allclose(per_ex, plain)
+        # an SFT stage never carries layer weights
+        assert stage_objective(get_method("sft").stages[0], "gt", 0.0, None, w).layer_weights is None
     finally:
         detach(pm)
 

@@ -32,6 +32,11 @@ if [ -d runs/ablation-devsplit/records ]; then
   copy_store runs/ablation-devsplit $R/ablations/dev-split/store
   report $R/ablations/dev-split/report $R/ablations/dev-split/store
 fi
+if [ -d runs/ablation-relative/records ]; then
+  # the relative IA2 loss; compared with ia2-epochs/baseline-report (the same units with the paper's loss)
+  copy_store runs/ablation-relative $R/ablations/relative-loss/store
+  report $R/ablations/relative-loss/report $R/ablations/relative-loss/store
+fi
 # Every store of the study as one report (the per model and N summary of docs/REPRODUCTION.md).
 report $R/overall $R/sst2-n4/store $R/agnews-words-n4/store $R/study/store
 rm -rf $R/screen-store && mkdir -p $R/screen-store

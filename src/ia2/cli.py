@@ -63,6 +63,9 @@ def add_grid_args(p: argparse.ArgumentParser, for_sweep: bool = False) -> None:
     p.add_argument("--dev-split", choices=["reference", "stratified"], default=d,
                    help="reference: N/2 dev examples in shuffled order (the paper's scripts); stratified: "
                         "round-robin over labels, same training examples")
+    p.add_argument("--ia2-loss", choices=["mse", "relative"], default=d,
+                   help="mse: sum over layers of each layer's MSE (the paper); relative: each layer's MSE divided "
+                        "by the teacher's mean square there, so layers of small attention outputs count equally")
     p.add_argument("--max-epochs", type=int, default=d)
     p.add_argument("--patience", type=int, default=d)
     p.add_argument("--batch-size", type=int, default=d, help="effective batch (capped at N)")
@@ -92,7 +95,7 @@ def add_exec_args(p: argparse.ArgumentParser) -> None:
 def grid_overrides(args) -> dict:
     keys = ("models", "tasks", "eval_tasks", "label_format", "n", "runs", "methods", "lrs", "ce_weights", "labels",
             "limit_eval", "dev_split", "early_stop", "max_epochs", "patience", "batch_size", "g_max", "kd_top_k",
-            "asim_examples")
+            "asim_examples", "ia2_loss")
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 

@@ -16,7 +16,7 @@ import yaml
 from .adapters import AdapterConfig
 from .data import check_dev_split
 from .errors import IA2Error
-from .methods import get_method
+from .methods import check_ia2_loss, get_method
 from .models import DEFAULT_MODEL
 from .tasks import LABEL_FORMATS, get_task
 
@@ -48,6 +48,7 @@ class Unit:
     limit_eval: int | None = None
     asim_examples: int = 100
     dev_split: str = "reference"
+    ia2_loss: str = "mse"
 
     def uid(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
@@ -74,7 +75,7 @@ class Unit:
         return (self.model, self.task, self.label_format, self.n, self.run, self.g_max, self.kd_top_k, self.dev_split)
 
 
-_ADDED_FIELDS = {"dev_split": "reference"}
+_ADDED_FIELDS = {"dev_split": "reference", "ia2_loss": "mse"}
 
 
 @dataclass
@@ -101,6 +102,7 @@ class RunConfig:
     limit_eval: int | None = None
     asim_examples: int = 100
     dev_split: str = "reference"  # or "stratified": dev examples drawn round-robin over labels
+    ia2_loss: str = "mse"  # or "relative": each layer's MSE over the teacher's mean square there (not the paper's)
 
     def __post_init__(self):
         for m in self.methods:
@@ -117,6 +119,7 @@ class RunConfig:
             if generative:
                 raise IA2Error(f"a stratified dev split needs labels; {', '.join(generative)} is generative",
                                "use dev_split: reference for generative tasks")
+        check_ia2_loss(self.ia2_loss)
         if self.early_stop not in ("best", "last"):
             raise IA2Error(f"unknown --early-stop '{self.early_stop}'", "choose best or last")
         if any(n < 1 for n in self.n):
@@ -132,7 +135,8 @@ class RunConfig:
         out: list[Unit] = []
         common = dict(labels=self.labels, adapter=self.adapter, max_epochs=self.max_epochs, patience=self.patience,
                       early_stop=self.early_stop, batch_size=self.batch_size, kd_top_k=self.kd_top_k,
-                      limit_eval=self.limit_eval, asim_examples=self.asim_examples, dev_split=self.dev_split)
+                      limit_eval=self.limit_eval, asim_examples=self.asim_examples, dev_split=self.dev_split,
+                      ia2_loss=self.ia2_loss)
         for model in self.models:
             for task_name in self.tasks:
                 task = get_task(task_name)

@@ -24,7 +24,7 @@ from .errors import IA2Error, TrainingDiverged
 from .evaluate import EvalResult, evaluate
 from .generation import Decoded, greedy_decode
 from .io import atomic_path, write_json
-from .methods import StudentExample, get_method, stage_objective
+from .methods import StudentExample, get_method, relative_layer_weights, stage_objective
 from .models import LoadedModel, default_dtype, load_model
 from .prompts import check_length, encode, encode_answer, icl_prompt, label_token_ids
 from .store import Store
@@ -342,8 +342,10 @@ class Runner:
             tcfg = TrainConfig(lr=unit.lr, batch_size=min(unit.batch_size, unit.n), max_epochs=unit.max_epochs,
                                patience=unit.patience, early_stop=unit.early_stop, seed=unit.run)
             for stage in method.stages:
-                obj = stage_objective(stage, unit.labels, unit.ce_weight or 0.0, unit.kd_top_k)
-                train, dev = ctx.student_examples(obj.labels)
+                labels = stage.labels or unit.labels
+                train, dev = ctx.student_examples(labels)
+                weights = relative_layer_weights(train) if unit.ia2_loss == "relative" else None
+                obj = stage_objective(stage, unit.labels, unit.ce_weight or 0.0, unit.kd_top_k, weights)
                 on_check = tracker.stage(f"{len(stages) + 1}-{obj.name}") if tracker else None
                 log = train_stage(peft_model, obj, train, dev, tcfg, lm.tokenizer.pad_token_id, on_check=on_check)
                 stages.append({**asdict(log), "labels": obj.labels})

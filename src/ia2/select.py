@@ -32,7 +32,7 @@ BASELINES = ("zero-shot", "icl")
 
 # Unit fields that change what a trained (or any) result means; mixing them in one cell is refused.
 _SETTING_ALL = ("limit_eval", "g_max", "dev_split")
-_SETTING_TRAINED = ("adapter", "max_epochs", "patience", "early_stop", "batch_size", "asim_examples")
+_SETTING_TRAINED = ("adapter", "max_epochs", "patience", "early_stop", "batch_size", "asim_examples", "ia2_loss")
 
 
 def rule_label(rule: str) -> str:

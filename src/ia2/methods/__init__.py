@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import IA2Error
-from .objectives import Objective, StudentBatch, StudentExample, make_batch
+from .objectives import Objective, StudentBatch, StudentExample, make_batch, relative_layer_weights
 
 
 @dataclass(frozen=True)
@@ -61,10 +61,22 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-def stage_objective(stage: Stage, labels: str, ce_weight: float, kd_top_k: int | None) -> Objective:
+IA2_LOSSES = ("mse", "relative")
+
+
+def check_ia2_loss(name: str) -> None:
+    if name not in IA2_LOSSES:
+        raise IA2Error(f"unknown IA2 loss '{name}'", f"choose one of {', '.join(IA2_LOSSES)}")
+
+
+def stage_objective(stage: Stage, labels: str, ce_weight: float, kd_top_k: int | None,
+                    layer_weights: tuple[float, ...] | None = None) -> Objective:
+    """``layer_weights`` (one per layer) scale the IA2 loss's per-layer MSEs; None keeps the paper's plain sum."""
+    uses_acts = stage.objective in ("ia2", "ia2+sft")
     return Objective(stage.objective, stage.labels or labels,
                      ce_weight if stage.objective == "ia2+sft" else 0.0,
-                     kd_top_k if stage.objective == "kd" else None)
+                     kd_top_k if stage.objective == "kd" else None,
+                     layer_weights if uses_acts else None)
 
 
 __all__ = ["METHODS", "Method", "Stage", "Objective", "StudentBatch", "StudentExample", "make_batch",

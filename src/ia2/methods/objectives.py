@@ -80,14 +80,27 @@ def forward(model, batch: StudentBatch, want_acts: bool, want_logits: bool):
     return acts, (out.logits if want_logits else None)
 
 
-def ia2_loss(acts: torch.Tensor, batch: StudentBatch) -> torch.Tensor:
-    """Sum over layers of the per-layer MSE (mean over positions and d), per example, in fp32."""
+def ia2_loss(acts: torch.Tensor, batch: StudentBatch, layer_weights: tuple[float, ...] | None = None) -> torch.Tensor:
+    """Sum over layers of the per-layer MSE (mean over positions and d), per example, in fp32; with
+    ``layer_weights`` a weighted sum."""
     target = _right_align([e.acts for e in batch.examples], batch.width, dim=1, device=acts.device)
     sq = (acts.float() - target).pow(2)  # [B, L, G, d]
     sq = sq * batch.mask[:, None, :, None]
     d = acts.shape[-1]
     per_layer = sq.sum(dim=(2, 3)) / (batch.lengths[:, None] * d)  # [B, L]
+    if layer_weights is not None:
+        per_layer = per_layer * torch.tensor(layer_weights, device=per_layer.device, dtype=per_layer.dtype)
     return per_layer.sum(dim=1)
+
+
+def relative_layer_weights(examples: list[StudentExample]) -> tuple[float, ...]:
+    """1 / the teacher's mean square attention output per layer (over the examples' positions and d), for the
+    ``relative`` IA2 loss. The plain sum lets layers with large outputs dominate: on Gemma-3, whose post-attention
+    norm rescales every layer's output before the residual add, the mean squares span three orders of magnitude."""
+    sq = torch.stack([e.acts.float().pow(2).sum(dim=(1, 2)) for e in examples]).sum(0)  # [L]
+    count = sum(e.acts.shape[1] * e.acts.shape[2] for e in examples)
+    ms = (sq / count).clamp_min(1e-12)
+    return tuple((1.0 / ms).tolist())
 
 
 def ce_loss(logits: torch.Tensor, batch: StudentBatch) -> torch.Tensor:
@@ -126,6 +139,7 @@ class Objective:
     labels: str  # "icl" or "gt"
     ce_weight: float = 0.0  # joint objective only
     kd_top_k: int | None = None
+    layer_weights: tuple[float, ...] | None = None  # IA2 objectives: per-layer loss weights (None: plain sum)
 
     @property
     def needs_acts(self) -> bool:
@@ -141,7 +155,7 @@ class Objective:
         inside the layers, also gets a zero-weighted path through the logits to reach every layer's output."""
         acts, logits = forward(model, batch, self.needs_acts, self.needs_logits or through_output)
         if self.name == "ia2":
-            loss = ia2_loss(acts, batch)
+            loss = ia2_loss(acts, batch, self.layer_weights)
             return loss + 0.0 * logits.float().sum(dim=(1, 2)) if through_output else loss
         if self.name == "sft":
             return ce_loss(logits, batch)
@@ -149,5 +163,5 @@ class Objective:
             return kd_loss(logits, batch, self.kd_top_k)
         if self.name == "ia2+sft":
             w = self.ce_weight
-            return (1 - w) * ia2_loss(acts, batch) + w * ce_loss(logits, batch)
+            return (1 - w) * ia2_loss(acts, batch, self.layer_weights) + w * ce_loss(logits, batch)
         raise ValueError(f"unknown objective {self.name}")
