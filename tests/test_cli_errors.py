@@ -388,7 +388,8 @@ def test_stratified_dev_split_runs_and_removes_single_label_dev_sets(capsys, tmp
 
 
 def test_relative_ia2_loss_reaches_the_record(capsys, tmp_path):
-    """--ia2-loss relative trains, is recorded in the unit, and cannot share a report cell with the paper's loss."""
+    """--ia2-loss relative trains, is recorded in the unit, and is its own report column, compared (paired) with
+    the paper's loss."""
     task = user_task(tmp_path)
     for loss in ("mse", "relative"):
         rc, _, err = run_cli(capsys, "run", "--task", task, "--n", "4", *FAST, "--methods", "ia2",
@@ -398,7 +399,11 @@ def test_relative_ia2_loss_reaches_the_record(capsys, tmp_path):
     assert sorted(r["unit"].get("ia2_loss", "mse") for r in records) == ["mse", "relative"]
     assert all(r["status"] == "done" for r in records)
     rc, _, err = run_cli(capsys, "report", str(tmp_path / "s"), "--out", str(tmp_path / "r"))
-    assert rc == 2 and "ia2_loss" in err
+    assert rc == 0, err
+    report = (tmp_path / "r" / "report.md").read_text()
+    header = next(line for line in report.splitlines() if line.startswith("| source | eval |"))
+    assert "| IA2 only |" in header and "| IA2 only (relative loss) |" in header
+    assert "| IA2 only (relative loss) vs IA2 only | " in report and "and the IA2 loss variants" in report
 
 
 def test_stratified_dev_split_on_a_generative_task(capsys, tmp_path):

@@ -15,7 +15,7 @@ from conftest import TEST_DEVICE
 from ia2.config import Unit
 from ia2.errors import IA2Error
 from ia2.report import build_tables, compare
-from ia2.select import done_rows, select
+from ia2.select import done_rows, select, variant
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -449,3 +449,10 @@ def test_generative_tables_show_exact_match_and_no_token_metrics():
     assert "exact match" in caption(table, METRIC["acc"], "dev-loss")
     md = table_markdown(table, "dev-loss")
     assert "ECE" not in md and "top-1 next token" not in md
+
+
+def test_ia2_loss_variant_is_its_own_column_only_for_ia2_methods():
+    assert variant("ia2-then-sft", "icl", "relative") == "ia2-then-sft (ICL labels, relative loss)"
+    assert variant("ia2", "gt", "relative") == "ia2 (relative loss)"
+    assert variant("sft", "icl", "relative") == "sft (ICL labels)"  # no IA2 stage: the loss does not apply
+    assert variant("ia2", "icl", "mse") == variant("ia2", "icl", None) == "ia2"

@@ -33,9 +33,11 @@ if [ -d runs/ablation-devsplit/records ]; then
   report $R/ablations/dev-split/report $R/ablations/dev-split/store
 fi
 if [ -d runs/ablation-relative/records ]; then
-  # the relative IA2 loss; compared with ia2-epochs/baseline-report (the same units with the paper's loss)
+  # the relative IA2 loss beside the study's units of the same settings (the paper's loss): its own columns,
+  # with paired tests against SFT only and against the paper's loss
   copy_store runs/ablation-relative $R/ablations/relative-loss/store
-  report $R/ablations/relative-loss/report $R/ablations/relative-loss/store
+  report $R/ablations/relative-loss/report $R/study/store $R/ablations/relative-loss/store \
+      --only model=gemma3-270m,qwen2.5-coder-0.5b --only label_format=words --only lr=1e-3
 fi
 # Every store of the study as one report (the per model and N summary of docs/REPRODUCTION.md).
 report $R/overall $R/sst2-n4/store $R/agnews-words-n4/store $R/study/store

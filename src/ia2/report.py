@@ -20,7 +20,8 @@ from pathlib import Path
 from . import __version__, metrics
 from .errors import IA2Error
 from .io import write_json, write_text
-from .select import Selection, done_rows, generative_task, rule_label, select
+from .methods import IA2_LOSSES
+from .select import Selection, done_rows, generative_task, rule_label, select, variant
 from .store import Store
 
 TITLES = {"zero-shot": "Zero-shot", "icl": "ICL", "sft": "SFT only", "kd": "KD", "ia2": "IA2 only",
@@ -333,6 +334,15 @@ def summarise(tables: list[Table], records: list[dict] | None = None) -> dict:
     pairs = [("ia2-then-sft", "sft")]
     if any("sft (ICL labels)" in t.columns and "ia2-then-sft (ICL labels)" in t.columns for t in tables):
         pairs.append(("ia2-then-sft (ICL labels)", "sft (ICL labels)"))
+    # an IA2 loss variant (ablation): against SFT only and against the same method with the paper's loss
+    present = {c for t in tables for c in t.columns}
+    for labels in (None, "icl"):
+        for loss in IA2_LOSSES[1:]:
+            for method, rival in (("ia2-then-sft", "sft"), ("ia2", None)):
+                v = variant(method, labels, loss)
+                for b in ([variant(rival, labels)] if rival else []) + [variant(method, labels)]:
+                    if v in present and (v, b) not in pairs:
+                        pairs.append((v, b))
     scopes = ([("all tables", tables)] if len(tables) > 1 else []) + [(t.name, [t]) for t in tables]
     return {"comparisons": [{"scope": scope, **compare(ts, a, b)} for a, b in pairs for scope, ts in scopes],
             "asim": asim_by_method(tables), "compute": compute_spent(records or [])}
@@ -537,7 +547,9 @@ def _index(stores: list[Store], records: list[dict], rule: str, files: list[dict
     if rule == "eval":
         lines += ["> **Warning:** hyper-parameters were chosen on the evaluation set itself, as in the paper. "
                   "These numbers are optimistic; use `--select-on dev-loss` for an honest estimate.", ""]
-    lines += ["## Summary: IA2 -> SFT vs SFT only", "", summary_markdown(summary, rule), "## Tables", ""]
+    variants = any("loss)" in c["a"] for c in summary["comparisons"])
+    lines += ["## Summary: IA2 -> SFT vs SFT only" + (", and the IA2 loss variants" if variants else ""), "",
+              summary_markdown(summary, rule), "## Tables", ""]
     for f in files:
         lines += [f"### {f['table'].name}", "", f"[Markdown]({f['md']}) · [CSV]({f['csv']}) · [LaTeX]({f['tex']})", "",
                   *(markdown_table(f["table"], m, rule) for m in f["table"].metrics() if m.key in ("acc", "ece"))]

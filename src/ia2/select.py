@@ -32,7 +32,7 @@ BASELINES = ("zero-shot", "icl")
 
 # Unit fields that change what a trained (or any) result means; mixing them in one cell is refused.
 _SETTING_ALL = ("limit_eval", "g_max", "dev_split")
-_SETTING_TRAINED = ("adapter", "max_epochs", "patience", "early_stop", "batch_size", "asim_examples", "ia2_loss")
+_SETTING_TRAINED = ("adapter", "max_epochs", "patience", "early_stop", "batch_size", "asim_examples")
 
 
 def rule_label(rule: str) -> str:
@@ -46,10 +46,14 @@ def check_rule(rule: str) -> None:
         raise IA2Error(f"unknown selection rule '{rule}'", f"choose one of {', '.join(RULES)}")
 
 
-def variant(method: str, labels: str | None) -> str:
-    """Column identity: a method whose SFT stage follows --labels is a different column with ICL labels."""
-    sensitive = any(s.labels is None for s in get_method(method).stages)
-    return f"{method} (ICL labels)" if sensitive and labels == "icl" else method
+def variant(method: str, labels: str | None, ia2_loss: str | None = None) -> str:
+    """Column identity: a method whose SFT stage follows --labels is a different column with ICL labels, and an
+    IA2 method trained with a non-default IA2 loss is a different column too (so one report can compare them)."""
+    m = get_method(method)
+    quals = ["ICL labels"] if labels == "icl" and any(s.labels is None for s in m.stages) else []
+    if ia2_loss not in (None, "mse") and m.needs_activations:
+        quals.append(f"{ia2_loss} loss")
+    return f"{method} ({', '.join(quals)})" if quals else method
 
 
 def _setting(unit: dict) -> str:
@@ -66,7 +70,8 @@ def done_rows(records: list[dict]) -> list[dict]:
             continue  # failed (diverged) units have no usable numbers
         unit = rec.get("unit", {})
         for row in rec.get("results", []):
-            out.append({**row, "_variant": variant(row["method"], row.get("labels")), "_setting": _setting(unit)})
+            out.append({**row, "_variant": variant(row["method"], row.get("labels"), unit.get("ia2_loss")),
+                        "_setting": _setting(unit)})
     return out
 
 
