@@ -344,7 +344,8 @@ def summarise(tables: list[Table], records: list[dict] | None = None) -> dict:
                     if v in present and (v, b) not in pairs:
                         pairs.append((v, b))
     scopes = ([("all tables", tables)] if len(tables) > 1 else []) + [(t.name, [t]) for t in tables]
-    return {"comparisons": [{"scope": scope, **compare(ts, a, b)} for a, b in pairs for scope, ts in scopes],
+    return {"comparisons": [{"scope": scope, **compare(ts, a, b)} for a, b in pairs for scope, ts in scopes
+                            if any(a in t.columns and b in t.columns for t in ts)],
             "asim": asim_by_method(tables), "compute": compute_spent(records or [])}
 
 
