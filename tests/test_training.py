@@ -180,37 +180,8 @@ def test_zero_demo_teacher_activations_equal_student_activations(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_ia2_loss_is_sum_over_layers_of_per_layer_mse(kind):
+    """The paper's loss, and --ia2-loss relative: each layer's MSE over the teacher's mean square of that layer."""
     lm = fresh(kind)
-    exs = teacher_examples(lm, [4, 1, 6])
-    torch.manual_seed(0)
-    pm = attach(lm.model, AdapterConfig())
-    try:
-        randomise_lora(pm)
-        batch = make_batch(exs, lm.tokenizer.pad_token_id, TEST_DEVICE)
-        with torch.no_grad():
-            per_ex = Objective("ia2", "icl").per_example(pm, batch)
-            with AttentionCapture(pm, last=batch.width) as cap:
-                pm(**batch.inputs)
-            direct = ia2_loss(cap.outputs, batch)
-        assert per_ex.dtype == torch.float32 and per_ex.shape == (3,)
-        torch.testing.assert_close(direct, per_ex, atol=0, rtol=1e-6)
-        for i, ex in enumerate(exs):
-            g = len(ex.target_ids)
-            with torch.no_grad():
-                student = o_proj_outputs(pm, ex.query_ids + ex.target_ids[:-1], g)  # [L, g, d]
-            by_hand = sum(F.mse_loss(student[l], ex.acts[l].float()) for l in range(lm.num_layers))
-            assert float(by_hand) > 1e-8  # the teacher saw demonstrations: a real, non-zero loss
-            torch.testing.assert_close(per_ex[i], by_hand, atol=1e-9, rtol=1e-5)
-            # equivalently: MSE over all elements times L
-            torch.testing.assert_close(per_ex[i], F.mse_loss(student, ex.acts.float()) * lm.num_layers,
-                                       atol=1e-9, rtol=1e-5)
-    finally:
-        detach(pm)
-
-
-def test_relative_ia2_loss_weights_each_layer_by_the_teachers_mean_square():
-    """--ia2-loss relative: per-layer MSE / the teacher's mean square of that layer, over all positions."""
-    lm = fresh("tiny-gemma")
     exs = teacher_examples(lm, [4, 1, 6])
     w = relative_layer_weights(exs)
     all_acts = torch.cat([e.acts.float() for e in exs], dim=1)  # [L, sum G, d]
@@ -222,15 +193,26 @@ def test_relative_ia2_loss_weights_each_layer_by_the_teachers_mean_square():
         randomise_lora(pm)
         batch = make_batch(exs, lm.tokenizer.pad_token_id, TEST_DEVICE)
         with torch.no_grad():
-            rel = get_method("ia2")
-            per_ex = stage_objective(rel.stages[0], "gt", 0.0, None, w).per_example(pm, batch)
-            plain = Objective("ia2", "icl").per_example(pm, batch)
+            per_ex = Objective("ia2", "icl").per_example(pm, batch)
+            relative = stage_objective(get_method("ia2").stages[0], "gt", 0.0, None, w).per_example(pm, batch)
+            with AttentionCapture(pm, last=batch.width) as cap:
+                pm(**batch.inputs)
+            direct = ia2_loss(cap.outputs, batch)
+        assert per_ex.dtype == torch.float32 and per_ex.shape == (3,)
+        torch.testing.assert_close(direct, per_ex, atol=0, rtol=1e-6)
+        assert not torch.allclose(relative, per_ex)
         for i, ex in enumerate(exs):
+            g = len(ex.target_ids)
             with torch.no_grad():
-                student = o_proj_outputs(pm, ex.query_ids + ex.target_ids[:-1], len(ex.target_ids))
-            by_hand = sum(F.mse_loss(student[l], ex.acts[l].float()) * w[l] for l in range(lm.num_layers))
+                student = o_proj_outputs(pm, ex.query_ids + ex.target_ids[:-1], g)  # [L, g, d]
+            per_layer = [F.mse_loss(student[l], ex.acts[l].float()) for l in range(lm.num_layers)]
+            by_hand = sum(per_layer)
+            assert float(by_hand) > 1e-8  # the teacher saw demonstrations: a real, non-zero loss
             torch.testing.assert_close(per_ex[i], by_hand, atol=1e-9, rtol=1e-5)
-        assert not torch.allclose(per_ex, plain)
+            # equivalently: MSE over all elements times L
+            torch.testing.assert_close(per_ex[i], F.mse_loss(student, ex.acts.float()) * lm.num_layers,
+                                       atol=1e-9, rtol=1e-5)
+            torch.testing.assert_close(relative[i], sum(m * wl for m, wl in zip(per_layer, w)), atol=1e-9, rtol=1e-5)
         # an SFT stage never carries layer weights
         assert stage_objective(get_method("sft").stages[0], "gt", 0.0, None, w).layer_weights is None
     finally:
