@@ -95,6 +95,23 @@ def test_mean_over_runs_not_one_run():
     assert sel.lr == 3e-4 and sel.score == pytest.approx(0.5) and len(sel.rows) == 2
 
 
+def test_a_growing_grid_is_compared_on_shared_runs():
+    # lr 1e-3 has runs 0-2, lr 3e-4 only runs 0-1; run 2 is an easy draw (low dev loss) that only 1e-3 has.
+    recs = [record("sft", 1e-3, 0, 0.6, 0.5, 0.5), record("sft", 1e-3, 1, 0.6, 0.5, 0.5),
+            record("sft", 1e-3, 2, 0.0, 0.5, 0.7),
+            record("sft", 3e-4, 0, 0.5, 0.5, 0.6), record("sft", 3e-4, 1, 0.5, 0.5, 0.6)]
+    sel = chosen(recs, "dev-loss")
+    assert sel.lr == 3e-4 and sel.score == pytest.approx(0.5)  # over all runs 1e-3 would win (0.4 < 0.5)
+    assert "2 runs every candidate has" not in sel.criterion  # the winner has no run beyond the shared ones
+    recs += [record("sft", 3e-4, 2, 0.9, 0.5, 0.6)]  # now complete: 1e-3's mean 0.4 beats 3e-4's 0.633
+    assert chosen(recs, "dev-loss").lr == 1e-3
+    # the chosen candidate keeps every run of its own for the table; the note says what the choice saw
+    recs = recs[:4] + [record("sft", 3e-4, 1, 0.9, 0.5, 0.6)]
+    sel = chosen(recs, "dev-loss")
+    assert sel.lr == 1e-3 and len(sel.rows) == 3 and "2 runs every candidate has" in sel.criterion
+    assert sel.score == pytest.approx(0.6)
+
+
 def test_failed_records_are_ignored():
     recs = disagreeing_records()
     recs.append(record("sft", 1e-2, 0, 0.01, 1.0, 1.0, status="failed"))

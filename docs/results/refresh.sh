@@ -34,10 +34,11 @@ if [ -d runs/ablation-devsplit/records ]; then
 fi
 if [ -d runs/ablation-relative/records ]; then
   # the relative IA2 loss beside the study's units of the same settings (the paper's loss): its own columns,
-  # with paired tests against SFT only and against the paper's loss
+  # with paired tests against SFT only and against the paper's loss; runs 0-2, the runs the ablation has, so the
+  # columns compare the same runs when the study's settings gain runs
   copy_store runs/ablation-relative $R/ablations/relative-loss/store
   report $R/ablations/relative-loss/report $R/study/store $R/ablations/relative-loss/store \
-      --only model=gemma3-270m,qwen2.5-coder-0.5b --only label_format=words --only lr=1e-3
+      --only model=gemma3-270m,qwen2.5-coder-0.5b --only label_format=words --only lr=1e-3 --only run=0,1,2
 fi
 # Every store of the study as one report (the per model and N summary of docs/REPRODUCTION.md).
 report $R/overall $R/sst2-n4/store $R/agnews-words-n4/store $R/study/store

@@ -2,7 +2,8 @@
 
 A cell is (model, label format, N, source task, eval task, method). Its candidates are the (lr, w)
 settings in the store; each has one row per run. The default picks the candidate with the lowest
-mean dev loss over runs, so the evaluation set never influences the choice. ``dev-acc`` uses the
+mean dev loss over runs (the runs every candidate has, while a grid is still growing), so the evaluation set
+never influences the choice. ``dev-acc`` uses the
 source task's dev accuracy instead. ``eval`` reproduces the paper's protocol (mean accuracy on the
 evaluation set itself) and must be labelled as such wherever its numbers are shown.
 
@@ -181,6 +182,15 @@ def _candidate_summary(cands: dict[tuple, list[dict]]) -> list[dict]:
             for hp, rs in sorted(cands.items(), key=lambda kv: (kv[0][0] or 0.0, kv[0][1] or 0.0))]
 
 
+def _shared_runs(cands: dict[tuple, list[dict]]) -> dict[tuple, list[dict]]:
+    """Candidates restricted to the runs all of them have, so a grid still growing (one lr with 5 runs, another
+    with 3) is compared on the same demonstration draws; unchanged when they share no run."""
+    shared = set.intersection(*({r["run"] for r in rs} for rs in cands.values()))
+    if not shared:
+        return cands
+    return {hp: [r for r in rs if r["run"] in shared] for hp, rs in cands.items()}
+
+
 def _select_cell(key: tuple, cands: dict[tuple, list[dict]], rule: str) -> Selection:
     model, fmt, n, task, eval_task, var = key
     where = f"{model} {task}->{eval_task} N={n} {var}"
@@ -192,7 +202,10 @@ def _select_cell(key: tuple, cands: dict[tuple, list[dict]], rule: str) -> Selec
     else:
         # A row's dev_loss / dev_acc are its unit's source-task dev numbers (identical for every
         # eval task of the unit), so an OOD cell makes the same choice as the in-distribution one.
-        hp, score, crit = _choose(cands, method, rule)
+        shared = _shared_runs(cands)
+        hp, score, crit = _choose(shared, method, rule)
+        if len(shared[hp]) < len(cands[hp]):
+            crit += f" (on the {len(shared[hp])} runs every candidate has)"
     chosen = cands[hp]
     return Selection(model, fmt, n, task, eval_task, bool(chosen[0]["ood"]), var, method, hp[0], hp[1], chosen,
                      crit, score, _candidate_summary(cands) if method not in BASELINES else [])
