@@ -473,3 +473,17 @@ def test_ia2_loss_variant_is_its_own_column_only_for_ia2_methods():
     assert variant("ia2", "gt", "relative") == "ia2 (relative loss)"
     assert variant("sft", "icl", "relative") == "sft (ICL labels)"  # no IA2 stage: the loss does not apply
     assert variant("ia2", "icl", "mse") == variant("ia2", "icl", None) == "ia2"
+
+
+def test_caption_names_columns_with_fewer_runs():
+    from ia2.report import METRIC, caption
+
+    recs = [record("sft", 1e-3, r, 0.5, 0.5, 0.6) for r in (0, 1, 2)]
+    recs += [record("ia2-then-sft", 1e-3, r, 0.5, 0.5, 0.7) for r in (0, 1)]
+    table = build_tables(select(done_rows(recs), "dev-loss"))[0]
+    text = caption(table, METRIC["acc"], "dev-loss")
+    assert "over 3 run(s) (0, 1, 2), IA2 -> SFT over 2 (0, 1);" in text
+    assert "SFT only over" not in text
+    recs.append(record("ia2-then-sft", 1e-3, 2, 0.5, 0.5, 0.7))
+    assert "IA2 -> SFT over" not in caption(build_tables(select(done_rows(recs), "dev-loss"))[0], METRIC["acc"],
+                                            "dev-loss")

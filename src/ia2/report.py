@@ -103,8 +103,16 @@ class Table:
     def cell(self, row: tuple, var: str) -> Selection | None:
         return self.cells.get(row[:2], {}).get(var)
 
-    def runs(self) -> list[int]:
-        return sorted({r["run"] for c in self.cells.values() for s in c.values() for r in s.rows})
+    def runs(self, var: str | None = None) -> list[int]:
+        """The runs in the table, or in one column of it."""
+        return sorted({r["run"] for c in self.cells.values() for v, s in c.items() if var in (None, v)
+                       for r in s.rows})
+
+    def partial_columns(self) -> dict[str, list[int]]:
+        """Columns with fewer runs than the table (e.g. a method whose chunk has not run them all yet); empty ones
+        (shown as "-") are not listed."""
+        every = self.runs()
+        return {v: rs for v in self.columns if (rs := self.runs(v)) and rs != every}
 
 
 def _task_rank(name: str) -> tuple:
@@ -168,7 +176,9 @@ def best_columns(table: Table, row: tuple, metric: Metric) -> set[str]:
 def caption(table: Table, metric: Metric, rule: str) -> str:
     runs = table.runs()
     definition = GENERATIVE_ACC if metric.key == "acc" and table.generative else metric.definition
-    return (f"{metric.title} — {table.name}. Mean (std) over {len(runs)} run(s) ({', '.join(map(str, runs))}); "
+    fewer = "".join(f", {column_title(v)} over {len(rs)} ({', '.join(map(str, rs))})"
+                    for v, rs in table.partial_columns().items())
+    return (f"{metric.title} — {table.name}. Mean (std) over {len(runs)} run(s) ({', '.join(map(str, runs))}){fewer}; "
             f"{rule_label(rule)}. {definition[0].upper() + definition[1:]}. "
             f"`*` = out of distribution; bold = best in row. "
             "Trained adapters are evaluated without demonstrations; ICL uses N-1 of them.")
