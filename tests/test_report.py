@@ -102,7 +102,10 @@ def test_a_growing_grid_is_compared_on_shared_runs():
             record("sft", 3e-4, 0, 0.5, 0.5, 0.6), record("sft", 3e-4, 1, 0.5, 0.5, 0.6)]
     sel = chosen(recs, "dev-loss")
     assert sel.lr == 3e-4 and sel.score == pytest.approx(0.5)  # over all runs 1e-3 would win (0.4 < 0.5)
-    assert "2 runs every candidate has" not in sel.criterion  # the winner has no run beyond the shared ones
+    assert "2 runs every candidate has" in sel.criterion
+    # the appendix lists what the choice saw: 1e-3's mean over runs 0-1 (0.6), not over its three runs (0.4)
+    assert {c["lr"]: (c["runs"], c["dev_loss"]) for c in sel.candidates} == {1e-3: (2, pytest.approx(0.6)),
+                                                                            3e-4: (2, pytest.approx(0.5))}
     recs += [record("sft", 3e-4, 2, 0.9, 0.5, 0.6)]  # now complete: 1e-3's mean 0.4 beats 3e-4's 0.633
     assert chosen(recs, "dev-loss").lr == 1e-3
     # the chosen candidate keeps every run of its own for the table; the note says what the choice saw

@@ -197,18 +197,18 @@ def _select_cell(key: tuple, cands: dict[tuple, list[dict]], rule: str) -> Selec
     _dedupe([r for rs in cands.values() for r in rs], where)  # refuses mixed settings in one cell
     cands = {hp: _dedupe(rs, where) for hp, rs in cands.items()}
     method = next(iter(cands.values()))[0]["method"]
+    shared = _shared_runs(cands)
     if method in BASELINES:
         hp, score, crit = (None, None), None, "none (no hyper-parameters)"
     else:
         # A row's dev_loss / dev_acc are its unit's source-task dev numbers (identical for every
         # eval task of the unit), so an OOD cell makes the same choice as the in-distribution one.
-        shared = _shared_runs(cands)
         hp, score, crit = _choose(shared, method, rule)
-        if len(shared[hp]) < len(cands[hp]):
+        if any(len(shared[k]) < len(rs) for k, rs in cands.items()):
             crit += f" (on the {len(shared[hp])} runs every candidate has)"
-    chosen = cands[hp]
+    chosen = cands[hp]  # the table shows every run of the chosen candidate; the appendix what the choice saw
     return Selection(model, fmt, n, task, eval_task, bool(chosen[0]["ood"]), var, method, hp[0], hp[1], chosen,
-                     crit, score, _candidate_summary(cands) if method not in BASELINES else [])
+                     crit, score, _candidate_summary(shared) if method not in BASELINES else [])
 
 
 def select(rows: list[dict], rule: str = "dev-loss") -> list[Selection]:
