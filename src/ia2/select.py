@@ -3,9 +3,9 @@
 A cell is (model, label format, N, source task, eval task, method). Its candidates are the (lr, w)
 settings in the store; each has one row per run. The default picks the candidate with the lowest
 mean dev loss over runs (the runs every candidate has, while a grid is still growing), so the evaluation set
-never influences the choice. ``dev-acc`` uses the
-source task's dev accuracy instead. ``eval`` reproduces the paper's protocol (mean accuracy on the
-evaluation set itself) and must be labelled as such wherever its numbers are shown.
+never influences the choice. ``dev-acc`` uses the source task's dev accuracy instead. ``eval`` reproduces the
+paper's protocol (mean accuracy on the evaluation set itself) and must be labelled as such wherever its numbers
+are shown.
 
 Dev numbers belong to the trained unit, not to an eval task, so a unit's out-of-distribution rows
 are selected with the same source-task dev numbers as its in-distribution row (same choice).
