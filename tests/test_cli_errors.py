@@ -387,23 +387,25 @@ def test_stratified_dev_split_runs_and_removes_single_label_dev_sets(capsys, tmp
     assert notes["reference"] and not notes["stratified"]
 
 
-def test_relative_ia2_loss_reaches_the_record(capsys, tmp_path):
-    """--ia2-loss relative trains, is recorded in the unit, and is its own report column, compared (paired) with
-    the paper's loss."""
+@pytest.mark.parametrize("field,default,value,title", [("ia2_loss", "mse", "relative", "relative loss"),
+                                                        ("ia2_capture", "attn", "residual", "residual capture")])
+def test_ia2_loss_variant_reaches_the_record(capsys, tmp_path, field, default, value, title):
+    """--ia2-loss relative / --ia2-capture residual train, are recorded in the unit, and are their own report
+    column, compared (paired) with the paper's loss."""
     task = user_task(tmp_path)
-    for loss in ("mse", "relative"):
+    for v in (default, value):
         rc, _, err = run_cli(capsys, "run", "--task", task, "--n", "4", *FAST, "--methods", "ia2",
-                             "--ia2-loss", loss, "--out", str(tmp_path / "s"))
+                             "--" + field.replace("_", "-"), v, "--out", str(tmp_path / "s"))
         assert rc == 0, err
     records = [json.loads(p.read_text()) for p in (tmp_path / "s" / "records").glob("*.json")]
-    assert sorted(r["unit"].get("ia2_loss", "mse") for r in records) == ["mse", "relative"]
+    assert sorted(r["unit"].get(field, default) for r in records) == sorted([default, value])
     assert all(r["status"] == "done" for r in records)
     rc, _, err = run_cli(capsys, "report", str(tmp_path / "s"), "--out", str(tmp_path / "r"))
     assert rc == 0, err
     report = (tmp_path / "r" / "report.md").read_text()
     header = next(line for line in report.splitlines() if line.startswith("| source | eval |"))
-    assert "| IA2 only |" in header and "| IA2 only (relative loss) |" in header
-    assert "| IA2 only (relative loss) vs IA2 only | " in report and "and the IA2 loss variants" in report
+    assert "| IA2 only |" in header and f"| IA2 only ({title}) |" in header
+    assert f"| IA2 only ({title}) vs IA2 only | " in report and "and the IA2 loss variants" in report
 
 
 def test_stratified_dev_split_on_a_generative_task(capsys, tmp_path):

@@ -476,6 +476,9 @@ def test_ia2_loss_variant_is_its_own_column_only_for_ia2_methods():
     assert variant("ia2", "gt", "relative") == "ia2 (relative loss)"
     assert variant("sft", "icl", "relative") == "sft (ICL labels)"  # no IA2 stage: the loss does not apply
     assert variant("ia2", "icl", "mse") == variant("ia2", "icl", None) == "ia2"
+    assert variant("ia2", "gt", "relative", "residual") == "ia2 (relative loss, residual capture)"
+    assert variant("ia2-then-sft", "gt", None, "residual") == "ia2-then-sft (residual capture)"
+    assert variant("sft", "gt", None, "residual") == "sft" and variant("ia2", "gt", "mse", "attn") == "ia2"
 
 
 def test_caption_names_columns_with_fewer_runs():

@@ -74,6 +74,13 @@ def test_unit_identity_is_stable_and_dev_split_is_part_of_it():
     assert rel.uid() != u.uid() and rel.group == u.group and type(u).from_dict(rel.to_dict()) == rel
     with pytest.raises(IA2Error, match="unknown IA2 loss 'l1'"):
         RunConfig(ia2_loss="l1")
+    # the capture point: "attn" (the paper's) stays out; "residual" needs its own teacher targets (another group)
+    assert "ia2_capture" not in u.to_dict()
+    res = RunConfig(models=["smollm2-135m"], tasks=["sst2"], eval_tasks=["sst2"], methods=["ia2"],
+                    ia2_capture="residual").units()[0]
+    assert res.uid() != u.uid() and res.group != u.group and type(u).from_dict(res.to_dict()) == res
+    with pytest.raises(IA2Error, match="unknown IA2 capture point 'mlp'"):
+        RunConfig(ia2_capture="mlp")
 
 
 def test_units_share_teacher_groups():

@@ -221,7 +221,8 @@ def test_a_different_key_is_never_reused(computed, tmp_path):
     cache.save(single)
     q = _queries(lm, p, split)
     for other in (key(run=1), key(n=5), key(g_max=2), key(model="tiny-gemma:seed0:float32"), key(logprobs="top5"),
-                  key(prompt_format="raw-v0"), key(version="0.0.0")):
+                  key(prompt_format="raw-v0"), key(version="0.0.0"), key(dev_split="stratified"),
+                  key(capture="residual")):
         assert other.digest() != single.key.digest()
         found, why = cache.load(other, q)
         assert found is None and why == "absent"
@@ -232,6 +233,24 @@ def test_a_different_key_is_never_reused(computed, tmp_path):
     found, why = cache.load(other, q)
     assert found is None and "key differs" in why
     _recomputes(lm, p, split, cache, other, "key differs")
+
+
+def test_a_cache_written_before_a_key_field_existed_still_matches(computed, tmp_path):
+    """Key fields added later (dev_split, capture) are left out of the name and of the check at their default, so
+    caches written before them are still found and reused."""
+    lm, p, split, single, _ = computed
+    cache = TargetCache(tmp_path)
+    cache.save(single)
+    js = cache.paths(single.key)[1]
+    meta = json.loads(js.read_text())
+    for k in ("dev_split", "capture"):
+        del meta["key"][k]
+    js.write_text(json.dumps(meta))
+    found, why = cache.load(single.key, _queries(lm, p, split))
+    assert why == "" and found is not None and found.reused
+    meta["key"]["capture"] = "residual"  # not the default: another key, never reused
+    js.write_text(json.dumps(meta))
+    assert cache.load(single.key, _queries(lm, p, split))[0] is None
 
 
 def test_a_corrupt_byte_is_detected(computed, tmp_path):

@@ -176,6 +176,36 @@ def test_zero_demo_teacher_activations_equal_student_activations(kind):
         detach(pm)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_residual_capture_is_what_each_layer_adds_to_the_residual_stream(kind):
+    """--ia2-capture residual: on Gemma-3 the post-attention norm's output (not o_proj's), on Llama o_proj's;
+    the teacher (greedy decode) and the student (through peft) read the same tensor."""
+    lm = fresh(kind)
+    ids = encode(lm.tokenizer, QUERIES[2])
+    with torch.no_grad(), AttentionCapture(lm.model, last=3, point="residual") as cap:
+        lm.model(input_ids=torch.tensor([ids]))
+    o = o_proj_outputs(lm.model, ids, 3)
+    expected = o
+    if kind == "tiny-gemma":
+        with torch.no_grad():
+            expected = torch.stack([layer.post_attention_layernorm(o[i])
+                                    for i, layer in enumerate(lm.model.model.layers)])
+        assert not torch.allclose(expected, o, atol=1e-3)
+    torch.testing.assert_close(cap.outputs[0].float(), expected, atol=1e-5, rtol=1e-5)
+    queries = [encode(lm.tokenizer, q) for q in QUERIES[:2]]
+    decoded = greedy_decode(lm.model, lm.tokenizer, queries, 3, stop=None, capture=True, capture_point="residual")
+    exs = [StudentExample(q, d.tokens, d.acts) for q, d in zip(queries, decoded)]
+    pm = attach(lm.model, AdapterConfig())
+    try:
+        batch = make_batch(exs, lm.tokenizer.pad_token_id, TEST_DEVICE)
+        with torch.no_grad():
+            assert float(Objective("ia2", "icl", capture="residual").per_example(pm, batch).max()) < 1e-9
+            if kind == "tiny-gemma":  # the same targets read at o_proj: a different tensor, a real loss
+                assert float(Objective("ia2", "icl").per_example(pm, batch).min()) > 1e-6
+    finally:
+        detach(pm)
+
+
 # --- 2. the IA2 loss by hand ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", KINDS)

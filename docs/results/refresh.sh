@@ -40,6 +40,18 @@ if [ -d runs/ablation-relative/records ]; then
   report $R/ablations/relative-loss/report $R/study/store $R/ablations/relative-loss/store \
       --only model=gemma3-270m,qwen2.5-coder-0.5b --only label_format=words --only lr=1e-3 --only run=0,1,2
 fi
+if [ -d runs/ablation-capture/records ]; then
+  # the residual capture point beside the study's units of the same settings (o_proj capture), as for the
+  # relative loss; runs 0-2, the runs the ablation has
+  copy_store runs/ablation-capture $R/ablations/residual-capture/store
+  report $R/ablations/residual-capture/report $R/study/store $R/ablations/residual-capture/store \
+      --only model=gemma3-270m --only task=sst2 --only label_format=words --only lr=1e-3 --only run=0,1,2
+fi
+if [ -d runs/agnews-words-n4/records ]; then
+  # SmolLM2-135M agnews words N = 4 (section 3), its own store since before runs/study existed
+  copy_store runs/agnews-words-n4 $R/agnews-words-n4/store
+  report $R/agnews-words-n4/report $R/agnews-words-n4/store
+fi
 # Every store of the study as one report (the per model and N summary of docs/REPRODUCTION.md).
 report $R/overall $R/sst2-n4/store $R/agnews-words-n4/store $R/study/store
 rm -rf $R/screen-store && mkdir -p $R/screen-store

@@ -25,7 +25,7 @@ from .select import variant
 
 def _name(rec: dict) -> str:
     u = rec["unit"]
-    v = variant(u["method"], u.get("labels"), u.get("ia2_loss"))
+    v = variant(u["method"], u.get("labels"), u.get("ia2_loss"), u.get("ia2_capture"))
     return v + (f" (w={u['ce_weight']:g})" if u.get("ce_weight") is not None else "")
 
 

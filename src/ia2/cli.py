@@ -66,6 +66,9 @@ def add_grid_args(p: argparse.ArgumentParser, for_sweep: bool = False) -> None:
     p.add_argument("--ia2-loss", choices=["mse", "relative"], default=d,
                    help="mse: sum over layers of each layer's MSE (the paper); relative: each layer's MSE divided "
                         "by the teacher's mean square there, so layers of small attention outputs count equally")
+    p.add_argument("--ia2-capture", choices=["attn", "residual"], default=d,
+                   help="attn: each layer's self-attention output after o_proj (the paper); residual: what the layer "
+                        "adds to the residual stream (after Gemma-2/3's post-attention norm; the same tensor elsewhere)")
     p.add_argument("--max-epochs", type=int, default=d)
     p.add_argument("--patience", type=int, default=d)
     p.add_argument("--batch-size", type=int, default=d, help="effective batch (capped at N)")
@@ -95,7 +98,7 @@ def add_exec_args(p: argparse.ArgumentParser) -> None:
 def grid_overrides(args) -> dict:
     keys = ("models", "tasks", "eval_tasks", "label_format", "n", "runs", "methods", "lrs", "ce_weights", "labels",
             "limit_eval", "dev_split", "early_stop", "max_epochs", "patience", "batch_size", "g_max", "kd_top_k",
-            "asim_examples", "ia2_loss")
+            "asim_examples", "ia2_loss", "ia2_capture")
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 

@@ -16,7 +16,7 @@ import yaml
 from .adapters import AdapterConfig
 from .data import check_dev_split
 from .errors import IA2Error
-from .methods import check_ia2_loss, get_method
+from .methods import check_ia2_capture, check_ia2_loss, get_method
 from .models import DEFAULT_MODEL
 from .tasks import LABEL_FORMATS, get_task
 
@@ -49,6 +49,7 @@ class Unit:
     asim_examples: int = 100
     dev_split: str = "reference"
     ia2_loss: str = "mse"
+    ia2_capture: str = "attn"
 
     def uid(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
@@ -72,10 +73,11 @@ class Unit:
     @property
     def group(self) -> tuple:
         """Units sharing a group share data, splits, ICL prompts and teacher targets."""
-        return (self.model, self.task, self.label_format, self.n, self.run, self.g_max, self.kd_top_k, self.dev_split)
+        return (self.model, self.task, self.label_format, self.n, self.run, self.g_max, self.kd_top_k, self.dev_split,
+                self.ia2_capture)
 
 
-_ADDED_FIELDS = {"dev_split": "reference", "ia2_loss": "mse"}
+_ADDED_FIELDS = {"dev_split": "reference", "ia2_loss": "mse", "ia2_capture": "attn"}
 
 
 @dataclass
@@ -103,6 +105,7 @@ class RunConfig:
     asim_examples: int = 100
     dev_split: str = "reference"  # or "stratified": dev examples drawn round-robin over labels
     ia2_loss: str = "mse"  # or "relative": each layer's MSE over the teacher's mean square there (not the paper's)
+    ia2_capture: str = "attn"  # or "residual": what each layer adds to the residual stream (differs on Gemma-2/3)
 
     def __post_init__(self):
         for m in self.methods:
@@ -120,6 +123,7 @@ class RunConfig:
                 raise IA2Error(f"a stratified dev split needs labels; {', '.join(generative)} is generative",
                                "use dev_split: reference for generative tasks")
         check_ia2_loss(self.ia2_loss)
+        check_ia2_capture(self.ia2_capture)
         if self.early_stop not in ("best", "last"):
             raise IA2Error(f"unknown --early-stop '{self.early_stop}'", "choose best or last")
         if any(n < 1 for n in self.n):
@@ -136,7 +140,7 @@ class RunConfig:
         common = dict(labels=self.labels, adapter=self.adapter, max_epochs=self.max_epochs, patience=self.patience,
                       early_stop=self.early_stop, batch_size=self.batch_size, kd_top_k=self.kd_top_k,
                       limit_eval=self.limit_eval, asim_examples=self.asim_examples, dev_split=self.dev_split,
-                      ia2_loss=self.ia2_loss)
+                      ia2_loss=self.ia2_loss, ia2_capture=self.ia2_capture)
         for model in self.models:
             for task_name in self.tasks:
                 task = get_task(task_name)

@@ -46,9 +46,10 @@ def eos_token_ids(model, tokenizer) -> set[int]:
 
 @torch.no_grad()
 def greedy_decode(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, *,
-                  stop: str | None = STOP, capture: bool = False, logprobs: str | int | None = None,
-                  use_cache: bool = True, hidden: bool = False) -> list[Decoded]:
+                  stop: str | None = STOP, capture: bool = False, capture_point: str = "attn",
+                  logprobs: str | int | None = None, use_cache: bool = True, hidden: bool = False) -> list[Decoded]:
     """Greedy-decode a batch of prompts (token ids). ``logprobs``: None, "full", or k for top-k.
+    ``capture`` records every layer's attention output at ``capture_point`` (see ``activations``).
     ``hidden`` also records the residual stream at the output positions (``output_hidden_states``).
 
     ``use_cache=False`` recomputes the whole sequence at every step (the slow reference path).
@@ -66,7 +67,7 @@ def greedy_decode(model, tokenizer, prompts: list[list[int]], max_new_tokens: in
     ids, mask, pos = batch.input_ids, batch.attention_mask, batch.position_ids
     past = None
     step_ids, step_pos = ids, pos
-    with AttentionCapture(model, last=1) if capture else _nullcapture() as cap:
+    with AttentionCapture(model, last=1, point=capture_point) if capture else _nullcapture() as cap:
         for _ in range(max_new_tokens):
             out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
                         cache=past, use_cache=use_cache, logits_to_keep=1, output_hidden_states=hidden)

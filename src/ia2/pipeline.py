@@ -98,7 +98,8 @@ class GroupContext:
             u = self.unit
             key = TargetKey(self.lm.fingerprint, self.task.name if self.task.origin == "builtin" else self.task.origin,
                             u.label_format, u.n, u.run, u.g_max,
-                            "full" if u.g_max == 1 else f"top{max(64, u.kd_top_k or 0)}", dev_split=u.dev_split)
+                            "full" if u.g_max == 1 else f"top{max(64, u.kd_top_k or 0)}", dev_split=u.dev_split,
+                            capture=u.ia2_capture)
             t0 = time.time()
             sharded = distributed.sharded()  # all processes compute together; else main computes, the others load
             with contextlib.nullcontext() if sharded else distributed.main_first(), self.frozen() as base:
@@ -345,7 +346,7 @@ class Runner:
                 labels = stage.labels or unit.labels
                 train, dev = ctx.student_examples(labels)
                 weights = relative_layer_weights(train) if unit.ia2_loss == "relative" else None
-                obj = stage_objective(stage, unit.labels, unit.ce_weight or 0.0, unit.kd_top_k, weights)
+                obj = stage_objective(stage, unit.labels, unit.ce_weight or 0.0, unit.kd_top_k, weights, unit.ia2_capture)
                 on_check = tracker.stage(f"{len(stages) + 1}-{obj.name}") if tracker else None
                 log = train_stage(peft_model, obj, train, dev, tcfg, lm.tokenizer.pad_token_id, on_check=on_check)
                 stages.append({**asdict(log), "labels": obj.labels})

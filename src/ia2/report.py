@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import math
 import re
 import statistics
@@ -20,6 +21,7 @@ from pathlib import Path
 from . import __version__, metrics
 from .errors import IA2Error
 from .io import write_json, write_text
+from .activations import CAPTURE_POINTS
 from .methods import IA2_LOSSES
 from .select import Selection, done_rows, generative_task, rule_label, select, variant
 from .store import Store
@@ -344,12 +346,13 @@ def summarise(tables: list[Table], records: list[dict] | None = None) -> dict:
     pairs = [("ia2-then-sft", "sft")]
     if any("sft (ICL labels)" in t.columns and "ia2-then-sft (ICL labels)" in t.columns for t in tables):
         pairs.append(("ia2-then-sft (ICL labels)", "sft (ICL labels)"))
-    # an IA2 loss variant (ablation): against SFT only and against the same method with the paper's loss
+    # an IA2 loss variant (ablation: another loss or capture point): against SFT only and against the same method
+    # with the paper's loss
     present = {c for t in tables for c in t.columns}
     for labels in (None, "icl"):
-        for loss in IA2_LOSSES[1:]:
+        for loss, capture in list(itertools.product(IA2_LOSSES, CAPTURE_POINTS))[1:]:
             for method, rival in (("ia2-then-sft", "sft"), ("ia2", None)):
-                v = variant(method, labels, loss)
+                v = variant(method, labels, loss, capture)
                 for b in ([variant(rival, labels)] if rival else []) + [variant(method, labels)]:
                     if v in present and (v, b) not in pairs:
                         pairs.append((v, b))
@@ -558,7 +561,7 @@ def _index(stores: list[Store], records: list[dict], rule: str, files: list[dict
     if rule == "eval":
         lines += ["> **Warning:** hyper-parameters were chosen on the evaluation set itself, as in the paper. "
                   "These numbers are optimistic; use `--select-on dev-loss` for an honest estimate.", ""]
-    variants = any("loss)" in c["a"] for c in summary["comparisons"])
+    variants = any(c["a"].endswith(("loss)", "capture)")) for c in summary["comparisons"])
     lines += ["## Summary: IA2 -> SFT vs SFT only" + (", and the IA2 loss variants" if variants else ""), "",
               summary_markdown(summary, rule), "## Tables", ""]
     for f in files:

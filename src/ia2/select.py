@@ -47,13 +47,16 @@ def check_rule(rule: str) -> None:
         raise IA2Error(f"unknown selection rule '{rule}'", f"choose one of {', '.join(RULES)}")
 
 
-def variant(method: str, labels: str | None, ia2_loss: str | None = None) -> str:
+def variant(method: str, labels: str | None, ia2_loss: str | None = None, ia2_capture: str | None = None) -> str:
     """Column identity: a method whose SFT stage follows --labels is a different column with ICL labels, and an
-    IA2 method trained with a non-default IA2 loss is a different column too (so one report can compare them)."""
+    IA2 method trained with a non-default IA2 loss or capture point is a different column too (so one report can
+    compare them)."""
     m = get_method(method)
     quals = ["ICL labels"] if labels == "icl" and any(s.labels is None for s in m.stages) else []
     if ia2_loss not in (None, "mse") and m.needs_activations:
         quals.append(f"{ia2_loss} loss")
+    if ia2_capture not in (None, "attn") and m.needs_activations:
+        quals.append(f"{ia2_capture} capture")
     return f"{method} ({', '.join(quals)})" if quals else method
 
 
@@ -71,7 +74,8 @@ def done_rows(records: list[dict]) -> list[dict]:
             continue  # failed (diverged) units have no usable numbers
         unit = rec.get("unit", {})
         for row in rec.get("results", []):
-            out.append({**row, "_variant": variant(row["method"], row.get("labels"), unit.get("ia2_loss")),
+            out.append({**row, "_variant": variant(row["method"], row.get("labels"), unit.get("ia2_loss"),
+                                                         unit.get("ia2_capture")),
                         "_setting": _setting(unit)})
     return out
 

@@ -3,7 +3,7 @@
 For each training and dev example: the ICL prompt built from the other N-1 training examples, greedy
 decoding with the KV cache (G = 1 for single-token tasks, up to G_max stopping at EOS or a blank
 line), and every layer's self-attention output at the output positions. Computed once per
-(model, task, label format, N, run, G_max) and reused by every method, learning rate and weight.
+(model, task, label format, N, run, G_max, capture point) and reused by every method, learning rate and weight.
 """
 
 from __future__ import annotations
@@ -39,12 +39,22 @@ class TargetKey:
     prompt_format: str = PROMPT_FORMAT
     version: str = __version__
     dev_split: str = "reference"
+    capture: str = "attn"  # where the attention outputs are taken (activations.CAPTURE_POINTS)
+
+    def as_dict(self) -> dict:
+        """The key's fields, less those added later that hold their default: caches written before them keep
+        their names and still match."""
+        return _without_added(asdict(self))
 
     def digest(self) -> str:
-        d = asdict(self)
-        if d["dev_split"] == "reference":
-            del d["dev_split"]  # added later: caches written before it keep their names
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:20]
+        return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:20]
+
+
+_ADDED_KEY_FIELDS = {"dev_split": "reference", "capture": "attn"}
+
+
+def _without_added(d: dict) -> dict:
+    return {k: v for k, v in d.items() if not (k in _ADDED_KEY_FIELDS and v == _ADDED_KEY_FIELDS[k])}
 
 
 @dataclass
@@ -87,7 +97,7 @@ def compute_targets(model, tokenizer, key: TargetKey, pool: list[Example], split
     out: list[TeacherExample | None] = [None] * len(icl)
     for idx in length_batches([len(x) for x in icl], batch_size):
         decoded = greedy_decode(model, tokenizer, [icl[i] for i in idx], key.g_max, stop=stop,
-                                capture=True, logprobs=lp_mode)
+                                capture=True, capture_point=key.capture, logprobs=lp_mode)
         for i, d in zip(idx, decoded):
             out[i] = TeacherExample(queries[i], d.tokens, d.acts, d.logprobs, d.top_ids)
     n = len(split.train)
@@ -127,7 +137,7 @@ class TargetCache:
             return None, "absent"
         try:
             meta = json.loads(js.read_text())
-            if meta["key"] != asdict(key):
+            if _without_added(meta["key"]) != key.as_dict():
                 return None, "cache key differs from the request"
             if hashlib.sha256(st.read_bytes()).hexdigest() != meta["sha256"]:
                 return None, "cache file is corrupt (checksum mismatch)"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..activations import CAPTURE_POINTS
 from ..errors import IA2Error
 from .objectives import Objective, StudentBatch, StudentExample, make_batch, relative_layer_weights
 
@@ -69,14 +70,20 @@ def check_ia2_loss(name: str) -> None:
         raise IA2Error(f"unknown IA2 loss '{name}'", f"choose one of {', '.join(IA2_LOSSES)}")
 
 
+def check_ia2_capture(name: str) -> None:
+    if name not in CAPTURE_POINTS:
+        raise IA2Error(f"unknown IA2 capture point '{name}'", f"choose one of {', '.join(CAPTURE_POINTS)}")
+
+
 def stage_objective(stage: Stage, labels: str, ce_weight: float, kd_top_k: int | None,
-                    layer_weights: tuple[float, ...] | None = None) -> Objective:
-    """``layer_weights`` (one per layer) scale the IA2 loss's per-layer MSEs; None keeps the paper's plain sum."""
+                    layer_weights: tuple[float, ...] | None = None, capture: str = "attn") -> Objective:
+    """``layer_weights`` (one per layer) scale the IA2 loss's per-layer MSEs; None keeps the paper's plain sum.
+    ``capture``: where the IA2 loss reads the attention outputs (the teacher targets' capture point)."""
     uses_acts = stage.objective in ("ia2", "ia2+sft")
     return Objective(stage.objective, stage.labels or labels,
                      ce_weight if stage.objective == "ia2+sft" else 0.0,
                      kd_top_k if stage.objective == "kd" else None,
-                     layer_weights if uses_acts else None)
+                     layer_weights if uses_acts else None, capture if uses_acts else "attn")
 
 
 __all__ = ["METHODS", "Method", "Stage", "Objective", "StudentBatch", "StudentExample", "make_batch",

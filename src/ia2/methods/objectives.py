@@ -67,11 +67,11 @@ def _right_align(tensors: list[torch.Tensor], g: int, dim: int, device) -> torch
     return torch.stack(out).to(device=device, dtype=torch.float32)
 
 
-def forward(model, batch: StudentBatch, want_acts: bool, want_logits: bool):
-    """One student forward; returns (acts [B, L, G, d] or None, logits [B, G, V] or None)."""
+def forward(model, batch: StudentBatch, want_acts: bool, want_logits: bool, capture: str = "attn"):
+    """One student forward; returns (acts [B, L, G, d] at ``capture`` or None, logits [B, G, V] or None)."""
     keep = batch.width if want_logits else 1
     if want_acts:
-        with AttentionCapture(model, last=batch.width) as cap:
+        with AttentionCapture(model, last=batch.width, point=capture) as cap:
             out = model(**batch.inputs, logits_to_keep=keep)
             acts = cap.outputs
     else:
@@ -140,6 +140,7 @@ class Objective:
     ce_weight: float = 0.0  # joint objective only
     kd_top_k: int | None = None
     layer_weights: tuple[float, ...] | None = None  # IA2 objectives: per-layer loss weights (None: plain sum)
+    capture: str = "attn"  # IA2 objectives: the capture point, the same as the teacher targets'
 
     @property
     def needs_acts(self) -> bool:
@@ -153,7 +154,7 @@ class Objective:
         """Per-example losses. ``through_output`` (sharded training): FSDP gathers a layer's weights for
         backward when the gradient reaches that layer's output, so the IA2 loss, which reads attention outputs
         inside the layers, also gets a zero-weighted path through the logits to reach every layer's output."""
-        acts, logits = forward(model, batch, self.needs_acts, self.needs_logits or through_output)
+        acts, logits = forward(model, batch, self.needs_acts, self.needs_logits or through_output, self.capture)
         if self.name == "ia2":
             loss = ia2_loss(acts, batch, self.layer_weights)
             return loss + 0.0 * logits.float().sum(dim=(1, 2)) if through_output else loss
