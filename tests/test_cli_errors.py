@@ -400,6 +400,8 @@ def test_ia2_loss_variant_reaches_the_record(capsys, tmp_path, field, default, v
     records = [json.loads(p.read_text()) for p in (tmp_path / "s" / "records").glob("*.json")]
     assert sorted(r["unit"].get(field, default) for r in records) == sorted([default, value])
     assert all(r["status"] == "done" for r in records)
+    assert all(r["machine"]["dtype"] == ("float32" if r["machine"]["device"] == "cpu" else "bfloat16")
+               for r in records)  # the precision reports check (no --dtype given: the device's default)
     rc, _, err = run_cli(capsys, "report", str(tmp_path / "s"), "--out", str(tmp_path / "r"))
     assert rc == 0, err
     report = (tmp_path / "r" / "report.md").read_text()

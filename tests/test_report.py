@@ -149,6 +149,16 @@ def test_baselines_have_no_hyper_parameters_and_mixed_settings_are_refused():
                                          record("icl", None, 1, None, None, 0.4, dev_split="stratified")]
     with pytest.raises(IA2Error, match="dev_split"):
         select(done_rows(icl_mixed), "dev-loss")
+    # so are numbers computed in another precision (a CPU store resumed on a GPU in bf16); records from before the
+    # dtype was recorded count as their device's default
+    cpu = disagreeing_records()
+    for i, r in enumerate(cpu):
+        r["machine"] = {"device": "cpu"} if i % 2 else {"device": "cpu", "dtype": "float32"}
+    assert {s.lr for s in select(done_rows(cpu), "dev-loss")} == {1e-3}
+    gpu = record("sft", 1e-3, 2, 0.5, 0.5, 0.6)
+    gpu["machine"] = {"device": "cuda:0", "dtype": "bfloat16"}
+    with pytest.raises(IA2Error, match=r"precision\).*--dtype"):
+        select(done_rows(cpu + [gpu]), "dev-loss")
 
 
 def test_summary_counts_and_ttest_pairs():
@@ -363,6 +373,39 @@ def test_analysis_overlap_and_asim(store):
     assert all(len(p["layers"]) == 2 and -1.0 <= p["asim"] <= 1.0 for p in asim["per_method"])
     index = (store / "report" / "report.md").read_text()
     assert "LoRA subspace overlap" in index and "Activation similarity with ICL" in index
+
+
+def _adapter_record(root: Path, seed: int, **unit_kw) -> dict:
+    """A finished unit with a saved one-matrix LoRA adapter (random B), as lora_overlap reads it."""
+    import torch
+    from safetensors.torch import save_file
+
+    unit = Unit(**{"model": "tiny-llama", "task": "sst2", "label_format": "digits", "eval_tasks": ("sst2",), "n": 4,
+                   "run": 0, "lr": 1e-3, **unit_kw})
+    uid = f"{seed:016d}"
+    (root / "adapters" / uid).mkdir(parents=True)
+    b = torch.randn(16, 8, generator=torch.Generator().manual_seed(seed))
+    save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": b},
+              str(root / "adapters" / uid / "adapter_model.safetensors"))
+    return {"uid": uid, "unit": unit.to_dict(), "status": "done", "adapter": f"adapters/{uid}"}
+
+
+def test_overlap_pairs_distinct_columns_of_one_setting(tmp_path):
+    """Two units of one column (IA2 only with --labels gt and icl) never pair with each other (an overlap of 1.0),
+    and a store mixing settings (here max_epochs) for the same run is refused, not averaged together."""
+    from ia2.analyze import lora_overlap
+
+    recs = [_adapter_record(tmp_path, 1, method="ia2", labels="gt"),
+            _adapter_record(tmp_path, 2, method="ia2", labels="icl"),
+            _adapter_record(tmp_path, 3, method="sft")]
+    res = lora_overlap(recs, tmp_path)
+    assert [(p["a"], p["b"]) for p in res["pairs"]] == [("sft", "ia2")]
+    assert res["pairs"][0]["overlap"] < 0.99
+    assert any(s.startswith("0000000000000002:") and "same column" in s for s in res["skipped"])
+    recs += [_adapter_record(tmp_path, 4, method="ia2", max_epochs=10), _adapter_record(tmp_path, 5, method="sft",
+                                                                                        max_epochs=10)]
+    with pytest.raises(IA2Error, match="mixes settings"):
+        lora_overlap(recs, tmp_path)
 
 
 def test_recomputed_asim_compares_with_the_frozen_base(store):

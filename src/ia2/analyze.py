@@ -20,7 +20,7 @@ from . import metrics
 from .errors import IA2Error
 from .io import write_json, write_text
 from .report import _column_order, column_title, load_records, matching_records
-from .select import variant
+from .select import _setting, variant
 
 
 def _name(rec: dict) -> str:
@@ -32,7 +32,7 @@ def _name(rec: dict) -> str:
 def _adapters(records: list[dict], root: Path) -> tuple[dict[tuple, list[tuple[str, Path]]], list[str]]:
     """Saved LoRA adapters grouped by everything but the method; also the reasons some were skipped."""
     groups, skipped = defaultdict(list), []
-    for rec in records:
+    for rec in sorted(records, key=lambda r: r["uid"]):  # the smallest uid of a repeated column wins, as in reports
         u = rec.get("unit", {})
         if rec.get("status") != "done" or u.get("lr") is None:
             continue
@@ -42,9 +42,12 @@ def _adapters(records: list[dict], root: Path) -> tuple[dict[tuple, list[tuple[s
         elif u["adapter"]["kind"] != "lora":
             skipped.append(f"{rec['uid']}: {u['adapter']['kind']} adapter (overlap needs LoRA)")
         else:
-            key = (u["model"], u["label_format"], u["task"], u["n"], u["run"], u["lr"],
-                   json.dumps(u["adapter"], sort_keys=True))
-            groups[key].append((_name(rec), path))
+            key = (u["model"], u["label_format"], u["task"], u["n"], u["run"], u["lr"], _setting(u))
+            name = _name(rec)
+            if any(n == name for n, _ in groups[key]):  # e.g. ia2 with --labels gt and icl: one column, one adapter
+                skipped.append(f"{rec['uid']}: another unit of the same column and setting came first")
+                continue
+            groups[key].append((name, path))
     return groups, skipped
 
 
@@ -75,6 +78,10 @@ def lora_overlap(records: list[dict], root: Path) -> dict:
         states = {name: load_file(str(path)) for name, path in items}
         for a, b in combinations([name for name, _ in items], 2):
             res = _pair_overlap(states[a], states[b])
+            if any(r["run"] == run for r in per_run[(model, fmt, task, n, lr, a, b)]):
+                raise IA2Error(f"the store mixes settings for {model} {task} N={n} lr={lr:g} run {run} ({a} vs {b})",
+                               "analyze one setting at a time: write sweeps with different settings to different "
+                               "--out folders")
             per_run[(model, fmt, task, n, lr, a, b)].append({"run": run, **res})
     pairs = []
     for (model, fmt, task, n, lr, a, b), rs in per_run.items():

@@ -190,6 +190,12 @@ class GroupContext:
         return self._memo[key]
 
 
+def _dtype_name(lm: LoadedModel) -> str | None:
+    """The base model's parameter dtype ("float32", "bfloat16"), recorded so reports never mix precisions."""
+    p = next(lm.model.parameters(), None) if lm.model is not None else None
+    return str(p.dtype).removeprefix("torch.") if p is not None else None
+
+
 def _final_dev_loss(stage: dict, early_stop: str) -> float | None:
     """The dev loss of the adapter actually kept: the best one, or the last check's under --early-stop last."""
     if early_stop == "last" and stage["curve"]:
@@ -286,7 +292,7 @@ class Runner:
         t0 = time.time()
         record = {"uid": uid, "unit": unit.to_dict(), "ia2_version": __version__, "status": "done", "error": None,
                   "machine": {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
-                              "torch": torch.__version__, "device": str(ctx.lm.device)},
+                              "torch": torch.__version__, "device": str(ctx.lm.device), "dtype": _dtype_name(ctx.lm)},
                   "notes": ctx.notes, "results": [], "predictions": {}, "train": None}
         teacher_before = ctx.timing["teacher_s"]
         try:

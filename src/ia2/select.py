@@ -60,10 +60,20 @@ def variant(method: str, labels: str | None, ia2_loss: str | None = None, ia2_ca
     return f"{method} ({', '.join(quals)})" if quals else method
 
 
-def _setting(unit: dict) -> str:
+def _setting(unit: dict, precision: str | None = None) -> str:
     keys = _SETTING_ALL + (_SETTING_TRAINED if unit.get("lr") is not None else ())
     keys += ("kd_top_k",) if unit.get("method") == "kd" else ()
-    return json.dumps({k: unit.get(k) for k in keys}, sort_keys=True)
+    return json.dumps({**{k: unit.get(k) for k in keys}, **({"precision": precision} if precision else {})},
+                      sort_keys=True)
+
+
+def precision(record: dict) -> str | None:
+    """The dtype a record's numbers were computed in; records from before it was recorded ran in the device's
+    default (float32 on CPU, bfloat16 on GPU) unless --dtype said otherwise."""
+    m = record.get("machine") or {}
+    if m.get("dtype"):
+        return m["dtype"]
+    return None if "device" not in m else "float32" if m["device"].startswith("cpu") else "bfloat16"
 
 
 def done_rows(records: list[dict]) -> list[dict]:
@@ -76,7 +86,7 @@ def done_rows(records: list[dict]) -> list[dict]:
         for row in rec.get("results", []):
             out.append({**row, "_variant": variant(row["method"], row.get("labels"), unit.get("ia2_loss"),
                                                          unit.get("ia2_capture")),
-                        "_setting": _setting(unit)})
+                        "_setting": _setting(unit, precision(rec))})
     return out
 
 
@@ -127,7 +137,8 @@ def _dedupe(rows: list[dict], where: str) -> list[dict]:
         diff = sorted(k for k in json.loads(rows[0]["_setting"])
                       if len({json.dumps(json.loads(r["_setting"]).get(k), sort_keys=True) for r in rows}) > 1)
         raise IA2Error(f"the store mixes settings for {where} (they differ in: {', '.join(diff)})",
-                       "report one setting at a time: write sweeps with different settings to different --out folders")
+                       "report one setting at a time: write sweeps with different settings to different --out folders"
+                       + (" (or resume with the --dtype the store was computed in)" if "precision" in diff else ""))
     by_run: dict[int, dict] = {}
     for r in sorted(rows, key=lambda r: r["uid"]):
         by_run.setdefault(r["run"], r)
