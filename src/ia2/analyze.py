@@ -20,7 +20,7 @@ from . import metrics
 from .errors import IA2Error
 from .io import write_json, write_text
 from .report import _column_order, column_title, load_records, matching_records
-from .select import _setting, variant
+from .select import unit_setting, variant
 
 
 def _name(rec: dict) -> str:
@@ -42,7 +42,7 @@ def _adapters(records: list[dict], root: Path) -> tuple[dict[tuple, list[tuple[s
         elif u["adapter"]["kind"] != "lora":
             skipped.append(f"{rec['uid']}: {u['adapter']['kind']} adapter (overlap needs LoRA)")
         else:
-            key = (u["model"], u["label_format"], u["task"], u["n"], u["run"], u["lr"], _setting(u))
+            key = (u["model"], u["label_format"], u["task"], u["n"], u["run"], u["lr"], unit_setting(u))
             name = _name(rec)
             if any(n == name for n, _ in groups[key]):  # e.g. ia2 with --labels gt and icl: one column, one adapter
                 skipped.append(f"{rec['uid']}: another unit of the same column and setting came first")

@@ -60,7 +60,8 @@ def variant(method: str, labels: str | None, ia2_loss: str | None = None, ia2_ca
     return f"{method} ({', '.join(quals)})" if quals else method
 
 
-def _setting(unit: dict, precision: str | None = None) -> str:
+def unit_setting(unit: dict, precision: str | None = None) -> str:
+    """What must agree between the runs of one cell (as JSON): the unit's setting fields and the precision."""
     keys = _SETTING_ALL + (_SETTING_TRAINED if unit.get("lr") is not None else ())
     keys += ("kd_top_k",) if unit.get("method") == "kd" else ()
     return json.dumps({**{k: unit.get(k) for k in keys}, **({"precision": precision} if precision else {})},
@@ -86,7 +87,7 @@ def done_rows(records: list[dict]) -> list[dict]:
         for row in rec.get("results", []):
             out.append({**row, "_variant": variant(row["method"], row.get("labels"), unit.get("ia2_loss"),
                                                          unit.get("ia2_capture")),
-                        "_setting": _setting(unit, precision(rec))})
+                        "_setting": unit_setting(unit, precision(rec))})
     return out
 
 
