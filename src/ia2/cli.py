@@ -67,8 +67,8 @@ def add_grid_args(p: argparse.ArgumentParser, for_sweep: bool = False) -> None:
                    help="mse: sum over layers of each layer's MSE (the paper); relative: each layer's MSE divided "
                         "by the teacher's mean square there, so layers of small attention outputs count equally")
     p.add_argument("--ia2-capture", choices=["attn", "residual"], default=d,
-                   help="attn: each layer's self-attention output after o_proj (the paper); residual: what the layer "
-                        "adds to the residual stream (after Gemma-2/3's post-attention norm; the same tensor elsewhere)")
+                   help="attn: each layer's self-attention output after o_proj (the paper); residual: what the "
+                        "layer adds to the residual stream (after Gemma-2/3's post-attention norm; elsewhere the same)")
     p.add_argument("--max-epochs", type=int, default=d)
     p.add_argument("--patience", type=int, default=d)
     p.add_argument("--batch-size", type=int, default=d, help="effective batch (capped at N)")

@@ -352,7 +352,8 @@ class Runner:
                 labels = stage.labels or unit.labels
                 train, dev = ctx.student_examples(labels)
                 weights = relative_layer_weights(train) if unit.ia2_loss == "relative" else None
-                obj = stage_objective(stage, unit.labels, unit.ce_weight or 0.0, unit.kd_top_k, weights, unit.ia2_capture)
+                obj = stage_objective(stage, unit.labels, unit.ce_weight or 0.0, unit.kd_top_k, weights,
+                                      unit.ia2_capture)
                 on_check = tracker.stage(f"{len(stages) + 1}-{obj.name}") if tracker else None
                 log = train_stage(peft_model, obj, train, dev, tcfg, lm.tokenizer.pad_token_id, on_check=on_check)
                 stages.append({**asdict(log), "labels": obj.labels})

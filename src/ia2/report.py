@@ -19,9 +19,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__, metrics
+from .activations import CAPTURE_POINTS
 from .errors import IA2Error
 from .io import write_json, write_text
-from .activations import CAPTURE_POINTS
 from .methods import IA2_LOSSES
 from .select import Selection, done_rows, generative_task, rule_label, select, variant
 from .store import Store
