@@ -306,3 +306,21 @@ def test_changed_query_ids_are_detected(computed, tmp_path):
     p2 = pool(prefix="Review:")
     t = _recomputes(lm, p2, split, cache, single.key, "queries differ")
     assert t.train[0].query_ids == encode(lm.tokenizer, p2[split.train[0]].query)
+
+
+def test_changed_demonstration_answers_are_detected(computed, tmp_path):
+    """Same queries, other answers in the demonstrations (e.g. a user task's label words edited): the ICL prompts
+    differ, so the cached targets are stale; a cache written before the prompts were recorded is still read."""
+    lm, p, split, single, _ = computed
+    cache = TargetCache(tmp_path)
+    cache.save(single)
+    relabelled = [Example(e.query, "yes" if e.answer == "1" else "no", label=e.label) for e in p]
+    assert _queries(lm, relabelled, split) == _queries(lm, p, split)
+    t = _recomputes(lm, relabelled, split, cache, single.key, "ICL prompts differ")
+    assert t.prompts_sha256 != single.prompts_sha256
+    js = cache.paths(single.key)[1]
+    meta = json.loads(js.read_text())
+    meta["prompts_sha256"] = None  # as written before this check existed
+    js.write_text(json.dumps(meta))
+    found, why = cache.load(single.key, _queries(lm, p, split), teacher_prompts(lm.tokenizer, p, split)[0])
+    assert why == "" and found is not None

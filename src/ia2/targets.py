@@ -72,6 +72,11 @@ class Targets:
     train: list[TeacherExample]
     dev: list[TeacherExample]
     reused: bool = False
+    prompts_sha256: str | None = None  # of the ICL prompts' token ids: demonstrations and their answers included
+
+
+def prompts_digest(icl: list[list[int]]) -> str:
+    return hashlib.sha256(json.dumps(icl).encode()).hexdigest()
 
 
 def teacher_prompts(tokenizer, pool: list[Example], split: RunSplit) -> tuple[list[list[int]], list[list[int]]]:
@@ -101,7 +106,7 @@ def compute_targets(model, tokenizer, key: TargetKey, pool: list[Example], split
         for i, d in zip(idx, decoded):
             out[i] = TeacherExample(queries[i], d.tokens, d.acts, d.logprobs, d.top_ids)
     n = len(split.train)
-    return Targets(key, out[:n], out[n:])  # type: ignore[arg-type]
+    return Targets(key, out[:n], out[n:], prompts_sha256=prompts_digest(icl))  # type: ignore[arg-type]
 
 
 class TargetCache:
@@ -128,10 +133,15 @@ class TargetCache:
             save_file(tensors, str(tmp))
         sha = hashlib.sha256(st.read_bytes()).hexdigest()
         write_json(js, {"key": asdict(t.key), "sha256": sha, "examples": meta_ex,
-                        "n_train": len(t.train), "n_dev": len(t.dev)})
+                        "n_train": len(t.train), "n_dev": len(t.dev), "prompts_sha256": t.prompts_sha256})
 
-    def load(self, key: TargetKey, expected_queries: list[list[int]]) -> tuple[Targets | None, str]:
-        """(targets, "") when valid; (None, reason) when absent, corrupt or not matching the request."""
+    def load(self, key: TargetKey, expected_queries: list[list[int]],
+             expected_prompts: list[list[int]] | None = None) -> tuple[Targets | None, str]:
+        """(targets, "") when valid; (None, reason) when absent, corrupt or not matching the request.
+
+        ``expected_prompts`` (the ICL prompts) also catches changed demonstrations or answers, e.g. a user task
+        whose label words were edited, which leave the queries as they were; caches written before the prompts
+        were recorded are checked on their queries only."""
         st, js = self.paths(key)
         if not st.exists() or not js.exists():
             return None, "absent"
@@ -144,6 +154,9 @@ class TargetCache:
             queries = [m["query_ids"] for m in meta["examples"]]
             if queries != expected_queries:
                 return None, "cached queries differ from the requested ones (data or tokenizer changed)"
+            if expected_prompts is not None and meta.get("prompts_sha256") not in (None,
+                                                                                   prompts_digest(expected_prompts)):
+                return None, "cached ICL prompts differ from the requested ones (demonstrations or answers changed)"
             tensors = load_file(str(st))
             train, dev = [], []
             for m in meta["examples"]:
@@ -155,7 +168,7 @@ class TargetCache:
                 (train if m["role"] == "train" else dev).append(ex)
         except Exception as e:  # noqa: BLE001 — any unreadable cache is recomputed, never trusted
             return None, f"cache unreadable ({type(e).__name__})"
-        return Targets(key, train, dev, reused=True), ""
+        return Targets(key, train, dev, reused=True, prompts_sha256=meta.get("prompts_sha256")), ""
 
 
 def get_targets(model, tokenizer, key: TargetKey, pool: list[Example], split: RunSplit,
@@ -166,11 +179,11 @@ def get_targets(model, tokenizer, key: TargetKey, pool: list[Example], split: Ru
     found a valid cache entry) or all of them compute together; only the main process writes the cache.
     """
     if cache is not None:
-        _, queries = teacher_prompts(tokenizer, pool, split)
+        icl, queries = teacher_prompts(tokenizer, pool, split)
         main = not collective or distributed.is_main()
-        found, why = cache.load(key, queries) if main else (None, "absent")
+        found, why = cache.load(key, queries, icl) if main else (None, "absent")
         if collective and distributed.agree(found is not None) and found is None:
-            found, why = cache.load(key, queries)  # written by the main process, already verified there
+            found, why = cache.load(key, queries, icl)  # written by the main process, already verified there
         if found is not None:
             log(f"teacher targets reused from cache ({key.task}, N={key.n}, run {key.run})")
             return found
