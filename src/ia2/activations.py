@@ -19,16 +19,21 @@ _ATTN = re.compile(r"(?:^|\.)layers\.(\d+)\.self_attn$")
 CAPTURE_POINTS = ("attn", "residual")
 
 
-def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The self-attention block of every decoder layer, in layer order (works through peft wrappers)."""
-    found = {}
-    for name, module in model.named_modules():
+def _attention_names(model: torch.nn.Module) -> list[str]:
+    """The module name of every decoder layer's self-attention block, in layer order (works through peft)."""
+    found: dict[int, str] = {}
+    for name, _ in model.named_modules():
         m = _ATTN.search(name)
         if m:
-            found.setdefault(int(m.group(1)), module)
+            found.setdefault(int(m.group(1)), name)
     if not found:
         raise ValueError("no decoder layers with a 'self_attn' module found in this model")
     return [found[i] for i in sorted(found)]
+
+
+def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The self-attention block of every decoder layer, in layer order (works through peft wrappers)."""
+    return [model.get_submodule(name) for name in _attention_names(model)]
 
 
 def capture_modules(model: torch.nn.Module, point: str = "attn") -> list[torch.nn.Module]:
@@ -37,14 +42,9 @@ def capture_modules(model: torch.nn.Module, point: str = "attn") -> list[torch.n
         raise ValueError(f"unknown capture point '{point}' (choose one of {', '.join(CAPTURE_POINTS)})")
     if point == "attn":
         return attention_modules(model)
-    names = {}
-    for name, _ in model.named_modules():
-        m = _ATTN.search(name)
-        if m:
-            names.setdefault(int(m.group(1)), name.removesuffix(".self_attn"))  # the decoder layer
     out = []
-    for i in sorted(names):
-        layer = model.get_submodule(names[i])
+    for name in _attention_names(model):
+        layer = model.get_submodule(name.removesuffix(".self_attn"))  # the decoder layer
         # Gemma-2/3 ("sandwich" norms): post_attention_layernorm normalises the attention output, and the MLP has
         # its own pre_feedforward_layernorm. On Llama/Qwen2 post_attention_layernorm is the MLP's input norm, so the
         # attention output itself is what is added.

@@ -48,6 +48,14 @@ def _adapters(records: list[dict], root: Path) -> tuple[dict[tuple, list[tuple[s
                 skipped.append(f"{rec['uid']}: another unit of the same column and setting came first")
                 continue
             groups[key].append((name, path))
+    settings = defaultdict(set)
+    for key in groups:
+        settings[key[:6]].add(key[6])
+    mixed = next((k for k, v in settings.items() if len(v) > 1), None)
+    if mixed:
+        model, fmt, task, n, run, lr = mixed
+        raise IA2Error(f"the store mixes settings for {model} {task} N={n} lr={lr:g} run {run}",
+                       "analyze one setting at a time: write sweeps with different settings to different --out folders")
     return groups, skipped
 
 
@@ -78,10 +86,6 @@ def lora_overlap(records: list[dict], root: Path) -> dict:
         states = {name: load_file(str(path)) for name, path in items}
         for a, b in combinations([name for name, _ in items], 2):
             res = _pair_overlap(states[a], states[b])
-            if any(r["run"] == run for r in per_run[(model, fmt, task, n, lr, a, b)]):
-                raise IA2Error(f"the store mixes settings for {model} {task} N={n} lr={lr:g} run {run} ({a} vs {b})",
-                               "analyze one setting at a time: write sweeps with different settings to different "
-                               "--out folders")
             per_run[(model, fmt, task, n, lr, a, b)].append({"run": run, **res})
     pairs = []
     for (model, fmt, task, n, lr, a, b), rs in per_run.items():

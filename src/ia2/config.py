@@ -16,6 +16,7 @@ import yaml
 from .adapters import AdapterConfig
 from .data import check_dev_split
 from .errors import IA2Error
+from .io import without_defaults
 from .methods import check_ia2_capture, check_ia2_loss, get_method
 from .models import DEFAULT_MODEL
 from .tasks import LABEL_FORMATS, get_task
@@ -55,10 +56,7 @@ class Unit:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        for k, default in _ADDED_FIELDS.items():
-            if d[k] == default:
-                del d[k]  # fields added after stores were written: left out at their default, so uids stay
+        d = without_defaults(asdict(self), _ADDED_FIELDS)  # fields added after stores were written: uids stay
         d["eval_tasks"] = list(self.eval_tasks)
         d["adapter"]["targets"] = list(self.adapter.targets)
         return d

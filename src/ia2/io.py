@@ -69,6 +69,12 @@ def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]
         raise
 
 
+def without_defaults(d: dict, added: dict) -> dict:
+    """``d`` less the fields in ``added`` (name -> default) that hold their default: fields added to an identity
+    (a unit's uid, a target-cache key) after stores were written, so old hashes and names stay valid."""
+    return {k: v for k, v in d.items() if not (k in added and v == added[k])}
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:

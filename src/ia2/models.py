@@ -122,6 +122,11 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """How records name a precision: "float32", "bfloat16"."""
+    return str(dtype).removeprefix("torch.")
+
+
 def byte_tokenizer(bos: bool = False):
     """A self-contained byte-level tokenizer (256 byte tokens + <s> </s> <pad>); no files needed."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors

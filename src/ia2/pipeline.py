@@ -25,7 +25,7 @@ from .evaluate import EvalResult, evaluate
 from .generation import Decoded, greedy_decode
 from .io import atomic_path, write_json
 from .methods import StudentExample, get_method, relative_layer_weights, stage_objective
-from .models import LoadedModel, default_dtype, load_model
+from .models import LoadedModel, default_dtype, dtype_name, load_model
 from .prompts import check_length, encode, encode_answer, icl_prompt, label_token_ids
 from .store import Store
 from .targets import TargetCache, TargetKey, Targets, get_targets
@@ -193,7 +193,7 @@ class GroupContext:
 def _dtype_name(lm: LoadedModel) -> str | None:
     """The base model's parameter dtype ("float32", "bfloat16"), recorded so reports never mix precisions."""
     p = next(lm.model.parameters(), None) if lm.model is not None else None
-    return str(p.dtype).removeprefix("torch.") if p is not None else None
+    return dtype_name(p.dtype) if p is not None else None
 
 
 def _final_dev_loss(stage: dict, early_stop: str) -> float | None:

@@ -21,8 +21,11 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+import torch
+
 from .errors import IA2Error
 from .methods import get_method
+from .models import default_dtype, dtype_name
 
 RULES = {
     "dev-loss": "learning rate chosen on dev loss (mean over runs; the w of IA2 + SFT on dev accuracy)",
@@ -72,9 +75,9 @@ def precision(record: dict) -> str | None:
     """The dtype a record's numbers were computed in; records from before it was recorded ran in the device's
     default (float32 on CPU, bfloat16 on GPU) unless --dtype said otherwise."""
     m = record.get("machine") or {}
-    if m.get("dtype"):
-        return m["dtype"]
-    return None if "device" not in m else "float32" if m["device"].startswith("cpu") else "bfloat16"
+    if m.get("dtype") or "device" not in m:
+        return m.get("dtype")
+    return dtype_name(default_dtype(torch.device(m["device"])))
 
 
 def done_rows(records: list[dict]) -> list[dict]:

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from . import __version__, distributed
 from .data import Example, RunSplit
 from .generation import greedy_decode
-from .io import atomic_path, write_json
+from .io import atomic_path, without_defaults, write_json
 from .prompts import check_length, encode, icl_prompt, length_batches
 
 PROMPT_FORMAT = "raw-v1"  # bump when prompt rendering changes: old caches then stop matching
@@ -44,17 +44,13 @@ class TargetKey:
     def as_dict(self) -> dict:
         """The key's fields, less those added later that hold their default: caches written before them keep
         their names and still match."""
-        return _without_added(asdict(self))
+        return without_defaults(asdict(self), _ADDED_KEY_FIELDS)
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:20]
 
 
 _ADDED_KEY_FIELDS = {"dev_split": "reference", "capture": "attn"}
-
-
-def _without_added(d: dict) -> dict:
-    return {k: v for k, v in d.items() if not (k in _ADDED_KEY_FIELDS and v == _ADDED_KEY_FIELDS[k])}
 
 
 @dataclass
@@ -106,7 +102,8 @@ def compute_targets(model, tokenizer, key: TargetKey, pool: list[Example], split
         for i, d in zip(idx, decoded):
             out[i] = TeacherExample(queries[i], d.tokens, d.acts, d.logprobs, d.top_ids)
     n = len(split.train)
-    return Targets(key, out[:n], out[n:], prompts_sha256=prompts_digest(icl))  # type: ignore[arg-type]
+    return Targets(key, out[:n], out[n:],  # type: ignore[arg-type]
+                   prompts_sha256=prompts_digest(icl))
 
 
 class TargetCache:
@@ -147,7 +144,7 @@ class TargetCache:
             return None, "absent"
         try:
             meta = json.loads(js.read_text())
-            if _without_added(meta["key"]) != key.as_dict():
+            if without_defaults(meta["key"], _ADDED_KEY_FIELDS) != key.as_dict():
                 return None, "cache key differs from the request"
             if hashlib.sha256(st.read_bytes()).hexdigest() != meta["sha256"]:
                 return None, "cache file is corrupt (checksum mismatch)"
