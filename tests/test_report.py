@@ -536,3 +536,26 @@ def test_caption_names_columns_with_fewer_runs():
     recs.append(record("ia2-then-sft", 1e-3, 2, 0.5, 0.5, 0.7))
     assert "IA2 -> SFT over" not in caption(build_tables(select(done_rows(recs), "dev-loss"))[0], METRIC["acc"],
                                             "dev-loss")
+
+
+def test_overlap_keeps_earlier_values_when_adapters_are_gone(tmp_path):
+    """A committed store has no adapters: re-analysing it (a fresh clone) keeps each pair's earlier per-run value,
+    including those of an analysis written before per-run uids were kept; a pair whose unit left is dropped."""
+    import shutil
+
+    from ia2.analyze import lora_overlap
+
+    recs = [_adapter_record(tmp_path, 1, method="ia2"), _adapter_record(tmp_path, 2, method="sft"),
+            _adapter_record(tmp_path, 3, method="ia2", run=1), _adapter_record(tmp_path, 4, method="sft", run=1)]
+    first = lora_overlap(recs, tmp_path)
+    assert first["carried"] == 0 and [p["runs"] for p in first["pairs"]] == [2]
+    shutil.rmtree(tmp_path / "adapters" / recs[0]["uid"])  # run 0 lost one adapter, run 1 still has both
+    without = lora_overlap(recs, tmp_path)
+    assert without["pairs"][0]["runs"] == 1 and any("no saved adapter" in s for s in without["skipped"])
+    again = lora_overlap(recs, tmp_path, first)
+    assert again["carried"] == 1 and not again["skipped"]
+    assert again["pairs"][0]["overlap"] == pytest.approx(first["pairs"][0]["overlap"])
+    legacy = {"pairs": [{**p, "per_run": [{k: v for k, v in r.items() if k != "uids"} for r in p["per_run"]]}
+                        for p in first["pairs"]]}
+    assert lora_overlap(recs, tmp_path, legacy)["pairs"][0]["overlap"] == pytest.approx(first["pairs"][0]["overlap"])
+    assert lora_overlap(recs[1:], tmp_path, first)["pairs"][0]["runs"] == 1  # run 0's ia2 unit is gone

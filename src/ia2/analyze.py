@@ -29,7 +29,7 @@ def _name(rec: dict) -> str:
     return v + (f" (w={u['ce_weight']:g})" if u.get("ce_weight") is not None else "")
 
 
-def _adapters(records: list[dict], root: Path) -> tuple[dict[tuple, list[tuple[str, Path]]], list[str]]:
+def _adapters(records: list[dict], root: Path) -> tuple[dict[tuple, list[tuple[str, Path, str]]], list[str]]:
     """Saved LoRA adapters grouped by everything but the method; also the reasons some were skipped."""
     groups, skipped = defaultdict(list), []
     for rec in sorted(records, key=lambda r: r["uid"]):  # the smallest uid of a repeated column wins, as in reports
@@ -44,10 +44,10 @@ def _adapters(records: list[dict], root: Path) -> tuple[dict[tuple, list[tuple[s
         else:
             key = (u["model"], u["label_format"], u["task"], u["n"], u["run"], u["lr"], unit_setting(u))
             name = _name(rec)
-            if any(n == name for n, _ in groups[key]):  # e.g. ia2 with --labels gt and icl: one column, one adapter
+            if any(n == name for n, _, _ in groups[key]):  # e.g. ia2 with --labels gt and icl: one column, one adapter
                 skipped.append(f"{rec['uid']}: another unit of the same column and setting came first")
                 continue
-            groups[key].append((name, path))
+            groups[key].append((name, path, rec["uid"]))
     settings = defaultdict(set)
     for key in groups:
         settings[key[:6]].add(key[6])
@@ -75,20 +75,56 @@ def _pair_overlap(a: dict, b: dict) -> dict:
             "modules": len(res["per_module"])}
 
 
-def lora_overlap(records: list[dict], root: Path) -> dict:
-    """Overlap for every pair of methods in each group, then mean (std) over runs."""
+def _carried(earlier: dict | None, records: list[dict], computed: set[tuple[str, str]]) -> list[tuple]:
+    """Per-run overlaps of an earlier analysis whose two units are still in the store but not computed now (their
+    adapters are not on disk, e.g. in a fresh clone, where stores are committed without adapters). Entries written
+    before per-run uids were kept are matched by model, format, task, N, run, lr and column when that is unique."""
+    if not earlier:
+        return []
+    by_uid = {r["uid"]: r for r in records if r.get("status") == "done" and r.get("unit", {}).get("lr") is not None}
+    by_cell = defaultdict(list)
+    for uid, r in by_uid.items():
+        u = r["unit"]
+        by_cell[(u["model"], u["label_format"], u["task"], u["n"], u["run"], u["lr"], _name(r))].append(uid)
+    out = []
+    for p in earlier.get("pairs", []):
+        for r in p.get("per_run", []):
+            uids = r.get("uids")
+            if uids is None:  # an analysis from before uids were kept
+                cells = [by_cell.get((p["model"], p["label_format"], p["task"], p["n"], r["run"], p["lr"], c), [])
+                         for c in (p["a"], p["b"])]
+                uids = [c[0] for c in cells] if all(len(c) == 1 for c in cells) else None
+            if not uids or any(u not in by_uid for u in uids) or tuple(uids) in computed:
+                continue
+            key = (p["model"], p["label_format"], p["task"], p["n"], p["lr"], p["a"], p["b"])
+            out.append((key, {**r, "uids": list(uids), "carried": True}))
+    return out
+
+
+def lora_overlap(records: list[dict], root: Path, earlier: dict | None = None) -> dict:
+    """Overlap for every pair of methods in each group, then mean (std) over runs. Pairs whose adapters are gone
+    keep their per-run values from ``earlier`` (the store's previous analysis), so re-analysing never loses them."""
     from safetensors.torch import load_file
 
     groups, skipped = _adapters(records, root)
-    per_run = defaultdict(list)
+    per_run, computed = defaultdict(list), set()
     for (model, fmt, task, n, run, lr, _), items in sorted(groups.items(), key=lambda kv: str(kv[0])):
         items = sorted(items, key=lambda it: _column_order(it[0]))
-        states = {name: load_file(str(path)) for name, path in items}
-        for a, b in combinations([name for name, _ in items], 2):
+        states = {name: load_file(str(path)) for name, path, _ in items}
+        uid_of = {name: uid for name, _, uid in items}
+        for a, b in combinations([name for name, _, _ in items], 2):
             res = _pair_overlap(states[a], states[b])
-            per_run[(model, fmt, task, n, lr, a, b)].append({"run": run, **res})
+            per_run[(model, fmt, task, n, lr, a, b)].append({"run": run, **res, "uids": [uid_of[a], uid_of[b]]})
+            computed.add((uid_of[a], uid_of[b]))
+    carried = _carried(earlier, records, computed)
+    for key, r in carried:
+        per_run[key].append(r)
+    kept = {u for _, r in carried for u in r["uids"]}
+    skipped = [s for s in skipped if not (s.endswith("no saved adapter") and s.split(":")[0] in kept)]
     pairs = []
-    for (model, fmt, task, n, lr, a, b), rs in per_run.items():
+    for (model, fmt, task, n, lr, a, b), rs in sorted(per_run.items(), key=lambda kv: (
+            str(kv[0][:5]), _column_order(kv[0][5]), _column_order(kv[0][6]))):
+        rs = sorted(rs, key=lambda r: r["run"])
         finite = [r["mean"] for r in rs if not math.isnan(r["mean"])]
         types = sorted({t for r in rs for t in r["by_module"]})
         pairs.append({"model": model, "label_format": fmt, "task": task, "n": n, "lr": lr, "a": a, "b": b,
@@ -99,7 +135,7 @@ def lora_overlap(records: list[dict], root: Path) -> dict:
                       "per_run": rs})
     return {"definition": "for each LoRA B matrix U = left singular vectors; overlap = ||U_a^T U_b||_F^2 / r; "
                           "averaged over layers and modules, then over runs",
-            "pairs": pairs, "skipped": skipped}
+            "pairs": pairs, "skipped": skipped, "carried": len(carried)}
 
 
 def _f(x, nd: int = 3) -> str:
@@ -123,6 +159,9 @@ def overlap_markdown(res: dict) -> str:
                      + " | ".join(_f(p["by_module"].get(t)) for t in types) + " |")
     if not res["pairs"]:
         lines.append("\nNo pair of saved LoRA adapters shares (model, task, N, run, lr).")
+    if res.get("carried"):
+        lines += ["", f"{res['carried']} per-run value(s) come from the store's earlier analysis: their adapters are "
+                      "not on disk here (stores are committed without them)."]
     if res["skipped"]:
         lines += ["", f"Skipped {len(res['skipped'])} adapter(s): " + "; ".join(res["skipped"][:10])]
     return "\n".join(lines) + "\n"
@@ -340,7 +379,9 @@ def analyze(store_dir: str | Path, examples: int | None = None, recompute: bool 
         if residual:  # the zero-shot floor of the chosen units' groups, whatever the filters say (it has no lr)
             records += _zero_shot_of(records, everything)
     out = Path(out) if out else store.root / "analysis"
-    ov = lora_overlap(records, store.root)
+    earlier = next((json.loads(p.read_text()) for p in (out / "overlap.json", store.root / "analysis" / "overlap.json")
+                    if p.exists()), None)
+    ov = lora_overlap(records, store.root, earlier)
     write_json(out / "overlap.json", ov)
     write_text(out / "overlap.md", overlap_markdown(ov))
     values = stored_asim(records)

@@ -1,0 +1,20 @@
+#!/bin/bash
+# The inverse of refresh.sh for a fresh clone: copy each committed store back to the runs/ folder its sweeps write
+# to, so `ia2 sweep ... --out runs/study` resumes (only missing units run) and refresh.sh finds every store again.
+# Adapters and teacher-target caches are not committed: `ia2 analyze` keeps the committed LoRA overlap of units
+# whose adapters are gone, and teacher targets are recomputed when a unit needs them. Refuses to overwrite runs/.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+R=docs/results
+restore() {  # restore COMMITTED_STORE RUNS_DIR
+  if [ -e "$2" ]; then echo "restore.sh: $2 exists; move it away first (nothing was copied to it)" >&2; return 1; fi
+  mkdir -p "$(dirname "$2")" && cp -r "$1" "$2" && echo "$1 -> $2"
+}
+restore $R/study/store runs/study
+restore $R/agnews-words-n4/store runs/agnews-words-n4
+restore $R/ablations/ia2-epochs/store runs/ablation-epochs
+restore $R/ablations/dev-split/store runs/ablation-devsplit
+restore $R/ablations/relative-loss/store runs/ablation-relative
+restore $R/ablations/residual-capture/store runs/ablation-capture
+restore $R/screen-store runs/screen
+cp $R/screening.md $R/screening.csv runs/screen/
