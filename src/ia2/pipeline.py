@@ -427,6 +427,7 @@ def run_units(units: list[Unit], store: Store, runner: Runner, resume: bool = Tr
             rec = runner.run_unit(unit)
             if main:
                 store.log_event(rec["status"], uid)
+                store.write_results()  # after every unit, so a killed sweep leaves a results.jsonl of what finished
             stats["failed" if rec["status"] == "failed" else "done"] += 1
             if progress:
                 progress(unit, rec["status"])
