@@ -29,23 +29,32 @@ def _name(rec: dict) -> str:
     return v + (f" (w={u['ce_weight']:g})" if u.get("ce_weight") is not None else "")
 
 
-def _adapters(records: list[dict], root: Path) -> tuple[dict[tuple, list[tuple[str, Path, str]]], list[str]]:
-    """Saved LoRA adapters grouped by everything but the method; also the reasons some were skipped."""
+_NO_ADAPTER = "no saved adapter"
+
+
+def _trained(rec: dict) -> bool:
+    """A finished unit that trained an adapter (zero-shot and ICL have no learning rate)."""
+    return rec.get("status") == "done" and rec.get("unit", {}).get("lr") is not None
+
+
+def _adapters(records: list[dict], root: Path) -> tuple[dict[tuple, list[tuple[str, Path, str]]],
+                                                         list[tuple[str, str]]]:
+    """Saved LoRA adapters grouped by everything but the method; also (uid, reason) for those skipped."""
     groups, skipped = defaultdict(list), []
     for rec in sorted(records, key=lambda r: r["uid"]):  # the smallest uid of a repeated column wins, as in reports
-        u = rec.get("unit", {})
-        if rec.get("status") != "done" or u.get("lr") is None:
+        if not _trained(rec):
             continue
+        u = rec["unit"]
         path = root / rec["adapter"] / "adapter_model.safetensors" if rec.get("adapter") else None
         if path is None or not path.exists():
-            skipped.append(f"{rec['uid']}: no saved adapter")
+            skipped.append((rec["uid"], _NO_ADAPTER))
         elif u["adapter"]["kind"] != "lora":
-            skipped.append(f"{rec['uid']}: {u['adapter']['kind']} adapter (overlap needs LoRA)")
+            skipped.append((rec["uid"], f"{u['adapter']['kind']} adapter (overlap needs LoRA)"))
         else:
             key = (u["model"], u["label_format"], u["task"], u["n"], u["run"], u["lr"], unit_setting(u))
             name = _name(rec)
             if any(n == name for n, _, _ in groups[key]):  # e.g. ia2 with --labels gt and icl: one column, one adapter
-                skipped.append(f"{rec['uid']}: another unit of the same column and setting came first")
+                skipped.append((rec["uid"], "another unit of the same column and setting came first"))
                 continue
             groups[key].append((name, path, rec["uid"]))
     settings = defaultdict(set)
@@ -81,7 +90,7 @@ def _carried(earlier: dict | None, records: list[dict], computed: set[tuple[str,
     before per-run uids were kept are matched by model, format, task, N, run, lr and column when that is unique."""
     if not earlier:
         return []
-    by_uid = {r["uid"]: r for r in records if r.get("status") == "done" and r.get("unit", {}).get("lr") is not None}
+    by_uid = {r["uid"]: r for r in records if _trained(r)}
     by_cell = defaultdict(list)
     for uid, r in by_uid.items():
         u = r["unit"]
@@ -120,7 +129,7 @@ def lora_overlap(records: list[dict], root: Path, earlier: dict | None = None) -
     for key, r in carried:
         per_run[key].append(r)
     kept = {u for _, r in carried for u in r["uids"]}
-    skipped = [s for s in skipped if not (s.endswith("no saved adapter") and s.split(":")[0] in kept)]
+    skipped = [f"{uid}: {why}" for uid, why in skipped if not (why == _NO_ADAPTER and uid in kept)]
     pairs = []
     for (model, fmt, task, n, lr, a, b), rs in sorted(per_run.items(), key=lambda kv: (
             str(kv[0][:5]), _column_order(kv[0][5]), _column_order(kv[0][6]))):
