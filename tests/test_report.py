@@ -559,3 +559,11 @@ def test_overlap_keeps_earlier_values_when_adapters_are_gone(tmp_path):
                         for p in first["pairs"]]}
     assert lora_overlap(recs, tmp_path, legacy)["pairs"][0]["overlap"] == pytest.approx(first["pairs"][0]["overlap"])
     assert lora_overlap(recs[1:], tmp_path, first)["pairs"][0]["runs"] == 1  # run 0's ia2 unit is gone
+
+
+def test_paired_test_text_prints_float_noise_as_zero():
+    """Equal per-run values can leave a mean difference of -2.2e-16; the report must print it as no gap."""
+    from ia2.report import _fmt_test
+    assert _fmt_test({"t": 0.0, "p": 1.0, "n": 2, "mean_diff": -2.220446049250313e-16}).endswith("mean diff=+0")
+    assert _fmt_test({"t": 1.5, "p": 0.2, "n": 3, "mean_diff": 3.3333}).endswith("mean diff=+3.33")
+    assert _fmt_test({"t": float("nan"), "p": float("nan"), "n": 0, "mean_diff": float("nan")}) == "-"

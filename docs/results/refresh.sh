@@ -55,6 +55,9 @@ if [ -d runs/agnews-words-n4/records ]; then
 fi
 # Every store of the study as one report (the per model and N summary of docs/REPRODUCTION.md).
 report $R/overall $R/sst2-n4/store $R/agnews-words-n4/store $R/study/store
+# ... and with the two other selection rules (the paper's is the evaluation set), for REPRODUCTION's per-rule totals
+report $R/overall-devacc $R/sst2-n4/store $R/agnews-words-n4/store $R/study/store --select-on dev-acc --no-plots
+report $R/overall-eval $R/sst2-n4/store $R/agnews-words-n4/store $R/study/store --select-on eval --no-plots
 rm -rf $R/screen-store && mkdir -p $R/screen-store
 cp -r runs/screen/{records,store.json,results.jsonl,units.log} $R/screen-store/
 cp runs/screen/screening.md runs/screen/screening.csv $R/

@@ -367,7 +367,9 @@ def _fmt_test(tt: dict) -> str:
         return "-"
     t = "n/a" if math.isnan(tt["t"]) else f"{tt['t']:.2f}"
     p = "n/a" if math.isnan(tt["p"]) else f"{tt['p']:.3g}"
-    return f"t={t}, p={p}, n={tt['n']}, mean diff={tt['mean_diff']:+.3g}"
+    md = tt["mean_diff"]
+    md = 0.0 if abs(md) < 1e-9 else md  # float noise of equal per-run values (e.g. -2.2e-16) reads as a real gap
+    return f"t={t}, p={p}, n={tt['n']}, mean diff={md:+.3g}"
 
 
 def summary_markdown(summary: dict, rule: str) -> str:
