@@ -567,3 +567,16 @@ def test_paired_test_text_prints_float_noise_as_zero():
     assert _fmt_test({"t": 0.0, "p": 1.0, "n": 2, "mean_diff": -2.220446049250313e-16}).endswith("mean diff=+0")
     assert _fmt_test({"t": 1.5, "p": 0.2, "n": 3, "mean_diff": 3.3333}).endswith("mean diff=+3.33")
     assert _fmt_test({"t": float("nan"), "p": float("nan"), "n": 0, "mean_diff": float("nan")}) == "-"
+
+
+def test_selection_regret_measures_accuracy_given_up_against_hindsight():
+    from ia2.report import summarise, summary_markdown
+
+    recs = disagreeing_records()  # eval acc 0.6 / 0.7 / 0.9 at lr 1e-3 / 3e-4 / 1e-4, on both eval tasks
+    recs += [record("ia2", 1e-3, run, 0.5, 0.5, 0.6) for run in (0, 1)]  # one candidate only: no grid, no row
+    for rule, lost in (("dev-loss", 30.0), ("dev-acc", 20.0), ("eval", 0.0)):
+        s = summarise(build_tables(select(done_rows(recs), rule)), recs)
+        (r,) = s["regret"]
+        assert (r["method"], r["rows"], r["best"]) == ("sft", 2, 2 if lost == 0 else 0)
+        assert (r["mean"], r["max"]) == (pytest.approx(lost), pytest.approx(lost))
+        assert f"| SFT only | 2 | {r['best']} | {lost:.1f} | {lost:.1f} |" in summary_markdown(s, rule)

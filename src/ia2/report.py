@@ -323,6 +323,25 @@ def asim_by_method(tables: list[Table]) -> list[dict]:
     return out
 
 
+def selection_regret(tables: list[Table]) -> list[dict]:
+    """How much evaluation accuracy the selection rule gave up, per method: over the rows whose cell had a grid
+    (two or more candidates), points between the candidate best on the evaluation set in hindsight and the chosen
+    one (on the runs every candidate has). Zero by construction under ``eval``; it measures how well a dev rule on
+    2-4 dev examples stands in for the paper's test-set choice."""
+    by: dict[str, list[float]] = defaultdict(list)
+    for t in tables:
+        for row in t.rows:
+            for v in t.columns:
+                sel = t.cell(row, v)
+                accs = [c["eval_acc"] for c in (sel.candidates if sel else []) if c["eval_acc"] is not None]
+                chosen = [c["eval_acc"] for c in (sel.candidates if sel else [])
+                          if (c["lr"], c["ce_weight"]) == (sel.lr, sel.ce_weight) and c["eval_acc"] is not None]
+                if len(accs) >= 2 and chosen:
+                    by[v].append(100 * (max(accs) - chosen[0]))
+    return [{"method": v, "rows": len(xs), "best": sum(x < 1e-9 for x in xs), "mean": statistics.fmean(xs),
+             "max": max(xs)} for v, xs in sorted(by.items(), key=lambda kv: _column_order(kv[0]))]
+
+
 def compute_spent(records: list[dict]) -> dict:
     """Wall time of the finished units (each record's ``timing.total_s``) per model and method."""
     by: dict[tuple, list] = defaultdict(lambda: [0, 0.0])
@@ -359,7 +378,7 @@ def summarise(tables: list[Table], records: list[dict] | None = None) -> dict:
     scopes = ([("all tables", tables)] if len(tables) > 1 else []) + [(t.name, [t]) for t in tables]
     return {"comparisons": [{"scope": scope, **compare(ts, a, b)} for a, b in pairs for scope, ts in scopes
                             if any(a in t.columns and b in t.columns for t in ts)],
-            "asim": asim_by_method(tables), "compute": compute_spent(records or [])}
+            "asim": asim_by_method(tables), "regret": selection_regret(tables), "compute": compute_spent(records or [])}
 
 
 def _fmt_test(tt: dict) -> str:
@@ -389,6 +408,14 @@ def summary_markdown(summary: dict, rule: str) -> str:
                   "|---|" + "---:|" * len(cols)]
         lines += [f"| {a['table']} | " + " | ".join(f"{a['means'][v]:.3f}" if v in a["means"] else "-" for v in cols)
                   + " |" for a in summary["asim"]]
+    if summary.get("regret"):
+        lines += ["", "What the selection rule gave up: over the rows with a grid (two or more candidate settings), "
+                  "evaluation accuracy points between the candidate best on the evaluation set in hindsight and the "
+                  "chosen one (0 under test-set selection, by construction):", "",
+                  "| method | rows with a grid | chose the best | mean points lost | most points lost |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {column_title(r['method'])} | {r['rows']} | {r['best']} | {r['mean']:.1f} | {r['max']:.1f} |"
+                  for r in summary["regret"]]
     return "\n".join(lines) + "\n"
 
 
