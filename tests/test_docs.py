@@ -35,8 +35,8 @@ def _close(shown: str, value: float) -> bool:
     return abs(float(shown) - value) <= 0.5 * 10 ** -decimals + 1e-12
 
 
-def _comparisons() -> dict[str, dict]:
-    summary = json.loads(SUMMARY.read_text())
+def _comparisons(report: str = "overall") -> dict[str, dict]:
+    summary = json.loads((SUMMARY.parent.parent / report / "summary.json").read_text())
     return {c["scope"]: c for c in summary["comparisons"] if (c["a"], c["b"]) == ("ia2-then-sft", "sft")}
 
 
@@ -65,7 +65,7 @@ def test_where_we_stand_table_matches_the_overall_report():
 def test_where_we_stand_totals_match_the_overall_report():
     section = _section(DOC.read_text(), "Where we stand")
     every = _comparisons()["all tables"]
-    m = re.search(r"accuracy \*\*(\d+) of (\d+) rows\*\*(?: \((\d+) tie)?.*?ECE \*\*(\d+) of (\d+)\*\*", section, re.S)
+    m = re.search(r"accuracy\s+\*\*(\d+) of (\d+) rows\*\*(?: \((\d+) tie)?.*?ECE \*\*(\d+) of (\d+)\*\*", section, re.S)
     assert m, "the totals sentence is missing"
     wins, rows, ties, ece_wins, ece_rows = (int(g) if g else 0 for g in m.groups())
     assert (wins, rows, ties) == (every["acc"]["wins"], every["acc"]["rows"], every["acc"]["ties"])
@@ -75,3 +75,24 @@ def test_where_we_stand_totals_match_the_overall_report():
     assert m, "the pooled t-test sentence is missing"
     assert _close(m.group(1), every["acc"]["ttest"]["mean_diff"]) and _close(m.group(2), every["acc"]["ttest"]["p"])
     assert _close(m.group(3), every["ece"]["ttest"]["mean_diff"]) and _close(m.group(4), every["ece"]["ttest"]["p"])
+
+
+def test_per_rule_totals_match_their_reports():
+    """The table of counts under each selection rule reads the overall report made with that rule."""
+    reports = {"dev loss": "overall", "dev accuracy": "overall-devacc", "evaluation set": "overall-eval"}
+    section = _section(DOC.read_text(), "Where we stand")
+    seen = set()
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        rule = next((r for r in reports if cells[0].startswith(r)), None) if line.startswith("| ") else None
+        if rule is None or len(cells) != 5:
+            continue
+        every = _comparisons(reports[rule])["all tables"]
+        for cell, key in ((cells[1], "acc"), (cells[2], "ece")):
+            wins, rows = map(int, re.match(r"(\d+) of (\d+)", cell).groups())
+            assert (wins, rows) == (every[key]["wins"], every[key]["rows"]), f"{rule} {key}: doc {cell}"
+        for (diff, p), key in zip(re.findall(r"([+-][\d.]+)(?: pts)? p = ([\d.]+)", cells[3]), ("acc", "ece")):
+            tt = every[key]["ttest"]
+            assert _close(diff, tt["mean_diff"]) and _close(p, tt["p"]), f"{rule} {key}: doc {diff} p={p}, {tt}"
+        seen.add(rule)
+    assert seen == set(reports), f"rules missing from the per-rule table: {set(reports) - seen}"
