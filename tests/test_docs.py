@@ -10,10 +10,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "REPRODUCTION.md"
-SUMMARY = ROOT / "docs" / "results" / "overall" / "summary.json"
+RESULTS = ROOT / "docs" / "results"
 MODELS = {"SmolLM2-135M": "smollm2-135m", "Gemma-3-270M": "gemma3-270m", "Qwen2.5-Coder-0.5B": "qwen2.5-coder-0.5b"}
 
-pytestmark = pytest.mark.skipif(not (DOC.exists() and SUMMARY.exists()), reason="docs not in this checkout")
+pytestmark = pytest.mark.skipif(not (DOC.exists() and (RESULTS / "overall" / "summary.json").exists()),
+                                reason="docs not in this checkout")
 
 
 def _section(text: str, title: str) -> str:
@@ -22,11 +23,10 @@ def _section(text: str, title: str) -> str:
     return text[start:end if end > 0 else None]
 
 
-def _table_rows(section: str) -> list[list[str]]:
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in section.splitlines()
-            if line.startswith("| ") and line.split("|")[1].strip() in MODELS]
-    assert rows, "the Where we stand table has no model rows"
-    return rows
+def _rows(section: str) -> list[list[str]]:
+    """The cells of every markdown table row in ``section``."""
+    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("| ")]
 
 
 def _close(shown: str, value: float) -> bool:
@@ -36,30 +36,35 @@ def _close(shown: str, value: float) -> bool:
 
 
 def _comparisons(report: str = "overall") -> dict[str, dict]:
-    summary = json.loads((SUMMARY.parent.parent / report / "summary.json").read_text())
+    summary = json.loads((RESULTS / report / "summary.json").read_text())
     return {c["scope"]: c for c in summary["comparisons"] if (c["a"], c["b"]) == ("ia2-then-sft", "sft")}
+
+
+def _assert_matches(where: str, acc: str, ece: str, tests: str, c: dict) -> None:
+    """Cells "W of R (T tie)" for accuracy and ECE ("-" when there is none) and a text holding "+d pts p = x" for
+    each, against one comparison of the report."""
+    for cell, key in ((acc, "acc"), (ece, "ece")):
+        if cell == "-":
+            assert c[key]["rows"] == 0, where
+            continue
+        wins, rows = map(int, re.match(r"(\d+) of (\d+)", cell).groups())
+        assert (wins, rows) == (c[key]["wins"], c[key]["rows"]), f"{where} {key}: doc {cell}"
+        ties = re.search(r"\((\d+) tie", cell)
+        assert (int(ties.group(1)) if ties else 0) == c[key]["ties"], f"{where} {key} ties: doc {cell}"
+    for (diff, p), key in zip(re.findall(r"([+-][\d.]+)(?: pts)? p = ([\d.]+)", tests.replace("*", "")), ("acc", "ece")):
+        tt = c[key]["ttest"]
+        assert _close(diff, tt["mean_diff"]) and _close(p, tt["p"]), f"{where} {key}: doc {diff} p={p}, {tt}"
 
 
 def test_where_we_stand_table_matches_the_overall_report():
     comps = _comparisons()
-    for model, fmt_task, n, _runs, _responsive, acc, ece, tests in _table_rows(
-            _section(DOC.read_text(), "Where we stand")):
+    rows = [r for r in _rows(_section(DOC.read_text(), "Where we stand")) if r[0] in MODELS]
+    assert rows, "the Where we stand table has no model rows"
+    for model, fmt_task, n, _runs, _responsive, acc, ece, tests in rows:
         fmt = fmt_task.split(",")[0].split()[0]
         scope = f"{MODELS[model]}, {'generative' if fmt == 'gsm8k' else fmt + ' labels'}, N={n}"
         assert scope in comps, f"no comparison for {scope} in the overall report"
-        c = comps[scope]
-        for cell, key in ((acc, "acc"), (ece, "ece")):
-            if cell == "-":
-                assert c[key]["rows"] == 0, scope
-                continue
-            wins, rows = map(int, re.match(r"(\d+) of (\d+)", cell).groups())
-            assert (wins, rows) == (c[key]["wins"], c[key]["rows"]), f"{scope} {key}: doc {cell}"
-            ties = re.search(r"\((\d+) tie", cell)
-            assert (int(ties.group(1)) if ties else 0) == c[key]["ties"], f"{scope} {key} ties: doc {cell}"
-        shown = re.findall(r"([+-][\d.]+)(?: pts)? p = ([\d.]+)", tests.replace("*", ""))
-        for (diff, p), key in zip(shown, ("acc", "ece")):
-            tt = c[key]["ttest"]
-            assert _close(diff, tt["mean_diff"]) and _close(p, tt["p"]), f"{scope} {key}: doc {diff} p={p}, {tt}"
+        _assert_matches(scope, acc, ece, tests, comps[scope])
 
 
 def test_where_we_stand_totals_match_the_overall_report():
@@ -80,19 +85,11 @@ def test_where_we_stand_totals_match_the_overall_report():
 def test_per_rule_totals_match_their_reports():
     """The table of counts under each selection rule reads the overall report made with that rule."""
     reports = {"dev loss": "overall", "dev accuracy": "overall-devacc", "evaluation set": "overall-eval"}
-    section = _section(DOC.read_text(), "Where we stand")
     seen = set()
-    for line in section.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        rule = next((r for r in reports if cells[0].startswith(r)), None) if line.startswith("| ") else None
+    for cells in _rows(_section(DOC.read_text(), "Where we stand")):
+        rule = next((r for r in reports if cells[0].startswith(r)), None)
         if rule is None or len(cells) != 5:
             continue
-        every = _comparisons(reports[rule])["all tables"]
-        for cell, key in ((cells[1], "acc"), (cells[2], "ece")):
-            wins, rows = map(int, re.match(r"(\d+) of (\d+)", cell).groups())
-            assert (wins, rows) == (every[key]["wins"], every[key]["rows"]), f"{rule} {key}: doc {cell}"
-        for (diff, p), key in zip(re.findall(r"([+-][\d.]+)(?: pts)? p = ([\d.]+)", cells[3]), ("acc", "ece")):
-            tt = every[key]["ttest"]
-            assert _close(diff, tt["mean_diff"]) and _close(p, tt["p"]), f"{rule} {key}: doc {diff} p={p}, {tt}"
+        _assert_matches(rule, cells[1], cells[2], cells[3], _comparisons(reports[rule])["all tables"])
         seen.add(rule)
     assert seen == set(reports), f"rules missing from the per-rule table: {set(reports) - seen}"

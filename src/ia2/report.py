@@ -333,11 +333,10 @@ def selection_regret(tables: list[Table]) -> list[dict]:
         for row in t.rows:
             for v in t.columns:
                 sel = t.cell(row, v)
-                accs = [c["eval_acc"] for c in (sel.candidates if sel else []) if c["eval_acc"] is not None]
-                chosen = [c["eval_acc"] for c in (sel.candidates if sel else [])
-                          if (c["lr"], c["ce_weight"]) == (sel.lr, sel.ce_weight) and c["eval_acc"] is not None]
-                if len(accs) >= 2 and chosen:
-                    by[v].append(100 * (max(accs) - chosen[0]))
+                cands = [c for c in (sel.candidates if sel else []) if c["eval_acc"] is not None]
+                chosen = [c["eval_acc"] for c in cands if (c["lr"], c["ce_weight"]) == (sel.lr, sel.ce_weight)]
+                if len(cands) >= 2 and chosen:
+                    by[v].append(100 * (max(c["eval_acc"] for c in cands) - chosen[0]))
     return [{"method": v, "rows": len(xs), "best": sum(x < 1e-9 for x in xs), "mean": statistics.fmean(xs),
              "max": max(xs)} for v, xs in sorted(by.items(), key=lambda kv: _column_order(kv[0]))]
 
