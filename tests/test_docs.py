@@ -93,3 +93,26 @@ def test_per_rule_totals_match_their_reports():
         _assert_matches(rule, cells[1], cells[2], cells[3], _comparisons(reports[rule])["all tables"])
         seen.add(rule)
     assert seen == set(reports), f"rules missing from the per-rule table: {set(reports) - seen}"
+
+
+@pytest.mark.parametrize("section, task", [("4b.", "sst2"), ("4h.", "finsen")])
+def test_per_task_rule_tables_match_their_reports(section, task):
+    """4b and 4h compare IA2 -> SFT with SFT only on one task's rows under each selection rule; their last column
+    ("A / E of R, +d points (p = x ...") reads the per-task report refresh.sh writes for that rule."""
+    rules = {"dev loss": "dev-loss", "dev accuracy": "dev-acc", "evaluation set": "eval"}
+    seen = set()
+    for cells in _rows(_section(DOC.read_text(), section)):
+        rule = next((r for r in rules if cells[0].startswith(r)), None)
+        if rule is None:
+            continue
+        c = _comparisons(f"per-task/gemma3-words-n8-{task}-{rules[rule]}")["gemma3-270m, words labels, N=8"]
+        m = re.match(r"(\d+) / (\d+) of (\d+), ([+-][\d.]+) points \(p ([=<]) ([\d.]+)", cells[-1])
+        assert m, f"{section} {rule}: cannot read {cells[-1]!r}"
+        acc_wins, ece_wins, rows, diff, op, p = m.groups()
+        assert (int(acc_wins), int(ece_wins)) == (c["acc"]["wins"], c["ece"]["wins"]), f"{section} {rule}"
+        assert int(rows) == c["acc"]["rows"] == c["ece"]["rows"] and c["acc"]["ties"] == 0, f"{section} {rule}"
+        tt = c["acc"]["ttest"]
+        assert _close(diff, tt["mean_diff"]), f"{section} {rule}: doc {diff}, report {tt['mean_diff']}"
+        assert (tt["p"] < float(p)) if op == "<" else _close(p, tt["p"]), f"{section} {rule}: doc p {op} {p}, {tt}"
+        seen.add(rule)
+    assert seen == set(rules), f"{section}: rules missing from the table: {set(rules) - seen}"

@@ -538,6 +538,24 @@ def test_caption_names_columns_with_fewer_runs():
                                             "dev-loss")
 
 
+def test_caption_names_the_rows_of_a_column_whose_runs_differ_by_row():
+    """A union over rows would claim runs one row lacks (IA2 + SFT over 0-2 when finsen had 0-1 only)."""
+    from ia2.report import METRIC, caption
+
+    def on(task, rec):
+        rec["unit"]["task"] = task
+        for row in rec["results"]:
+            row.update(task=task, eval_task=task, ood=False)
+        return rec
+
+    recs = [on(t, record(m, 1e-3, r, 0.5, 0.5, 0.6, evals=("sst2",)))
+            for t in ("sst2", "finsen") for m in ("sft", "ia2-then-sft") for r in (0, 1, 2)
+            if not (t == "finsen" and m == "ia2-then-sft" and r == 2)]
+    text = caption(build_tables(select(done_rows(recs), "dev-loss"))[0], METRIC["acc"], "dev-loss")
+    assert "over 3 run(s) (0, 1, 2), IA2 -> SFT over 3 (0, 1, 2) on sst2, 2 (0, 1) on finsen;" in text
+    assert "SFT only over" not in text
+
+
 def test_overlap_keeps_earlier_values_when_adapters_are_gone(tmp_path):
     """A committed store has no adapters: re-analysing it (a fresh clone) keeps each pair's earlier per-run value,
     including those of an analysis written before per-run uids were kept; a pair whose unit left is dropped."""

@@ -53,6 +53,19 @@ if [ -d runs/agnews-words-n4/records ]; then
   copy_store runs/agnews-words-n4 $R/agnews-words-n4/store
   report $R/agnews-words-n4/report $R/agnews-words-n4/store
 fi
+# The per-task paired tests REPRODUCTION quotes (4b, 4e, 4h): one combination's rows alone, under each rule
+P=$R/per-task
+rm -rf $P
+for rule in dev-loss dev-acc eval; do
+  for task in sst2 finsen; do
+    report $P/gemma3-words-n8-$task-$rule $R/study/store --only model=gemma3-270m --only label_format=words \
+        --only n=8 --only task=$task --select-on $rule --no-plots
+  done
+done
+report $P/gemma3-words-n8-finsen-runs012 $R/study/store --only model=gemma3-270m --only label_format=words \
+    --only n=8 --only task=finsen --only run=0,1,2 --no-plots  # 4h before runs 3-4
+report $P/qwen-words-n4-sst2 $R/study/store --only model=qwen2.5-coder-0.5b --only label_format=words \
+    --only n=4 --only task=sst2 --no-plots
 # Every store of the study as one report (the per model and N summary of docs/REPRODUCTION.md).
 report $R/overall $R/sst2-n4/store $R/agnews-words-n4/store $R/study/store
 # ... and with the two other selection rules (the paper's is the evaluation set), for REPRODUCTION's per-rule totals

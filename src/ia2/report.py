@@ -110,11 +110,20 @@ class Table:
         return sorted({r["run"] for c in self.cells.values() for v, s in c.items() if var in (None, v)
                        for r in s.rows})
 
-    def partial_columns(self) -> dict[str, list[int]]:
-        """Columns with fewer runs than the table (e.g. a method whose chunk has not run them all yet); empty ones
-        (shown as "-") are not listed."""
-        every = self.runs()
-        return {v: rs for v in self.columns if (rs := self.runs(v)) and rs != every}
+    def partial_columns(self) -> dict[str, dict[tuple[int, ...], list[str]]]:
+        """Columns with fewer runs than the table somewhere (e.g. a method whose chunk has not run them all yet), as
+        run set -> the rows holding it, so a caption never claims runs one row lacks; empty cells ("-") are skipped."""
+        every = tuple(self.runs())
+        out = {}
+        for v in self.columns:
+            groups: dict[tuple[int, ...], list[str]] = {}
+            for row in self.rows:
+                if (s := self.cell(row, v)) and s.rows:
+                    label = row[0] if row[0] == row[1] else f"{row[0]}->{row[1]}"
+                    groups.setdefault(tuple(sorted({r["run"] for r in s.rows})), []).append(label)
+            if groups and list(groups) != [every]:
+                out[v] = groups
+        return out
 
 
 def _task_rank(name: str) -> tuple:
@@ -178,8 +187,12 @@ def best_columns(table: Table, row: tuple, metric: Metric) -> set[str]:
 def caption(table: Table, metric: Metric, rule: str) -> str:
     runs = table.runs()
     definition = GENERATIVE_ACC if metric.key == "acc" and table.generative else metric.definition
-    fewer = "".join(f", {column_title(v)} over {len(rs)} ({', '.join(map(str, rs))})"
-                    for v, rs in table.partial_columns().items())
+    def over(rs: tuple[int, ...]) -> str:
+        return f"{len(rs)} ({', '.join(map(str, rs))})"
+    fewer = "".join(
+        f", {column_title(v)} over " + (over(next(iter(groups))) if len(groups) == 1 else
+                                       ", ".join(f"{over(rs)} on {', '.join(rows)}" for rs, rows in groups.items()))
+        for v, groups in table.partial_columns().items())
     return (f"{metric.title} — {table.name}. Mean (std) over {len(runs)} run(s) ({', '.join(map(str, runs))}){fewer}; "
             f"{rule_label(rule)}. {definition[0].upper() + definition[1:]}. "
             f"`*` = out of distribution; bold = best in row. "
