@@ -59,6 +59,17 @@ def test_each_rule_reads_its_own_metric():
     assert chosen(recs, "eval").criterion == "eval acc"
 
 
+def test_dev_accuracy_ties_go_to_the_lower_dev_loss_within_one_w():
+    """Two dev examples give only a few accuracy values, so ties are common; the smaller lr is no reason to pick."""
+    recs = [record("sft", lr, run, dev_loss=loss, dev_acc=0.5, acc=acc)
+            for run in (0, 1) for lr, loss, acc in ((1e-4, 0.9, 0.6), (3e-4, 0.4, 0.7), (1e-3, 0.6, 0.8))]
+    assert chosen(recs, "dev-acc").lr == 3e-4
+    # IA2 + SFT: dev losses of different w are different objectives, so a tie across w does not read them
+    recs = [record("ia2+sft", 1e-3, run, dev_loss=loss, dev_acc=0.5, acc=0.5, w=w)
+            for run in (0, 1) for w, loss in ((0.01, 0.9), (0.5, 0.1))]
+    assert chosen(recs, "dev-acc", method="ia2+sft").ce_weight == 0.01
+
+
 def test_dev_selection_never_reads_evaluation_metrics():
     recs = disagreeing_records()
     before = {rule: chosen(recs, rule).lr for rule in ("dev-loss", "dev-acc")}

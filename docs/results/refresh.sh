@@ -20,7 +20,7 @@ report() {  # report OUT STORE... [FLAGS]: a fresh folder, so no file of an olde
 copy_store runs/study $R/study/store
 report $R/study/report $R/study/store
 report $R/study/report-eval $R/study/store --select-on eval
-report $R/study/report-devacc $R/study/store --select-on dev-acc  # the third rule (ties: the smaller lr)
+report $R/study/report-devacc $R/study/store --select-on dev-acc  # the third rule (ties: the lower dev loss)
 if [ -d runs/ablation-epochs/records ]; then
   copy_store runs/ablation-epochs $R/ablations/ia2-epochs/store
   report $R/ablations/ia2-epochs/report $R/ablations/ia2-epochs/store

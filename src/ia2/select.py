@@ -29,7 +29,7 @@ from .models import default_dtype, dtype_name
 
 RULES = {
     "dev-loss": "learning rate chosen on dev loss (mean over runs; the w of IA2 + SFT on dev accuracy)",
-    "dev-acc": "learning rate chosen on dev accuracy (mean over runs)",
+    "dev-acc": "learning rate chosen on dev accuracy (mean over runs; ties: the lower dev loss)",
     "eval": "learning rate chosen on the EVALUATION set (paper protocol; optimistic)",
 }
 BASELINES = ("zero-shot", "icl")
@@ -155,12 +155,16 @@ def _score(rows: list[dict], criterion: str) -> float | None:
 
 
 def _best(cands: dict[tuple, list[dict]], criterion: str) -> tuple[tuple, float | None]:
-    """Best (lr, w) by ``criterion``; missing scores lose; ties go to the smaller lr, then w."""
+    """Best (lr, w) by ``criterion``; missing scores lose. Dev accuracy on 2-4 dev examples ties often, so its
+    ties go to the lower dev loss when every candidate has the same w (dev losses of different w are different
+    objectives); remaining ties go to the smaller lr, then w."""
     sign = 1.0 if criterion == "dev loss" else -1.0
+    loss_breaks_ties = criterion == "dev acc" and len({hp[1] for hp in cands}) == 1
 
     def order(hp):
         s = _score(cands[hp], criterion)
-        return (s is None, sign * s if s is not None else 0.0, hp[0] or 0.0, hp[1] or 0.0)
+        loss = _score(cands[hp], "dev loss") if loss_breaks_ties else None
+        return (s is None, sign * s if s is not None else 0.0, loss is None, loss or 0.0, hp[0] or 0.0, hp[1] or 0.0)
 
     hp = min(cands, key=order)
     return hp, _score(cands[hp], criterion)
