@@ -70,6 +70,15 @@ def test_dev_accuracy_ties_go_to_the_lower_dev_loss_within_one_w():
     assert chosen(recs, "dev-acc", method="ia2+sft").ce_weight == 0.01
 
 
+def test_ia2_sft_weight_grid_under_dev_acc_breaks_lr_ties_on_loss_and_names_a_w_tie():
+    recs = [record("ia2+sft", lr, run, dev_loss=loss, dev_acc=0.5, acc=0.5, w=w) for run in (0, 1)
+            for w in (0.01, 0.5) for lr, loss in ((1e-4, 0.9), (1e-3, 0.2))]
+    sel = chosen(recs, "dev-acc", method="ia2+sft")
+    assert (sel.lr, sel.ce_weight) == (1e-3, 0.01)  # lr within w on dev loss; w on the tie-break
+    assert "tie on dev acc: smallest w of 2" in sel.criterion
+    assert "tie on dev acc" in chosen(recs, "dev-loss", method="ia2+sft").criterion
+
+
 def test_dev_selection_never_reads_evaluation_metrics():
     recs = disagreeing_records()
     before = {rule: chosen(recs, rule).lr for rule in ("dev-loss", "dev-acc")}
@@ -182,6 +191,36 @@ def test_summary_counts_and_ttest_pairs():
     assert summary["ece"]["wins"] == 2 and summary["ece"]["losses"] == 0
     assert summary["acc"]["ttest"]["n"] == 6  # 3 runs x 2 rows
     assert summary["acc"]["ttest"]["mean_diff"] == pytest.approx(100 * (0.8 + 0.7 + 0.9 - 1.7) / 3)
+
+
+def test_unit_ttest_averages_the_rows_of_one_trained_unit():
+    """A unit's OOD rows share its adapter: the conservative test has one pair per (source task, run)."""
+    from ia2 import metrics
+
+    recs, a_acc, b_acc = [], [(0.8, 0.6), (0.7, 0.9), (0.9, 0.6)], [(0.6, 0.5), (0.6, 0.7), (0.5, 0.6)]
+    for run in range(3):
+        recs.append(record("ia2-then-sft", 1e-3, run, 0.5, 0.5, dict(zip(("sst2", "finsen"), a_acc[run]))))
+        recs.append(record("sft", 1e-3, run, 0.5, 0.5, dict(zip(("sst2", "finsen"), b_acc[run]))))
+    s = compare(build_tables(select(done_rows(recs), "dev-loss")))["acc"]
+    assert s["ttest"]["n"] == 6 and s["ttest_units"]["n"] == 3
+    want = metrics.paired_ttest([50 * sum(x) for x in a_acc], [50 * sum(x) for x in b_acc])
+    assert s["ttest_units"]["p"] == pytest.approx(want["p"]) and s["ttest_units"]["p"] != pytest.approx(s["ttest"]["p"])
+
+
+def test_row_counts_use_the_runs_both_methods_have():
+    """IA2 -> SFT has runs 0-4, SFT only runs 0-2: comparing 5 runs with 3 would let runs 3-4 decide the row."""
+    recs = [record("sft", 1e-3, r, 0.5, 0.5, 0.7) for r in range(3)]
+    recs += [record("ia2-then-sft", 1e-3, r, 0.5, 0.5, 0.6 if r < 3 else 1.0) for r in range(5)]
+    s = compare(build_tables(select(done_rows(recs), "dev-loss")))["acc"]
+    assert (s["wins"], s["losses"], s["ttest"]["n"]) == (0, 2, 6)
+
+
+def test_equal_means_reached_in_another_order_are_a_tie():
+    """Float sums depend on order; rows whose runs have the same mean must count as a tie, not a win."""
+    recs = [record("sft", 1e-3, r, 0.5, 0.5, x) for r, x in enumerate((0.07, 1.09, 0.63))]
+    recs += [record("ia2-then-sft", 1e-3, r, 0.5, 0.5, x) for r, x in enumerate((0.29, 0.58, 0.92))]
+    s = compare(build_tables(select(done_rows(recs), "dev-loss")))["acc"]
+    assert (s["wins"], s["ties"], s["losses"]) == (0, 2, 0)
 
 
 def test_summary_asim_means_the_selected_cells_and_compute_sums_unit_time():

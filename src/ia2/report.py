@@ -294,34 +294,47 @@ def table_latex(table: Table, rule: str) -> str:
 
 
 # --- summary: IA2 -> SFT vs SFT only -----------------------------------------------------------------
-def _pairs(tables: list[Table], a: str, b: str, metric: str) -> tuple[list[float], list[float], list[tuple]]:
-    """(run, row) pairs where both methods have the metric: per-run values and per-row means."""
-    xa, xb, rows = [], [], []
+def _pairs(tables: list[Table], a: str, b: str, metric: str) -> tuple[dict[tuple, tuple[float, float]], list[tuple]]:
+    """The runs both methods have, per row: values keyed (table, source task, eval task, run), and per-row means
+    over those same runs (so a row's count and its pairs in the t-test see the same runs); rows sharing no run
+    are left out."""
+    pairs, rows = {}, []
     for t in tables:
         for row in t.rows:
             sa, sb = t.cell(row, a), t.cell(row, b)
-            va, vb = values(sa, metric), values(sb, metric)
-            if not va or not vb:
+            ra = {r["run"]: v for r, v in zip(sa.rows, values(sa, metric))} if sa else {}
+            rb = {r["run"]: v for r, v in zip(sb.rows, values(sb, metric))} if sb else {}
+            runs = sorted(set(ra) & set(rb))
+            if not runs:
                 continue
-            ra = {r["run"]: v for r, v in zip(sa.rows, va)}
-            rb = {r["run"]: v for r, v in zip(sb.rows, vb)}
-            for run in sorted(set(ra) & set(rb)):
-                xa.append(ra[run])
-                xb.append(rb[run])
-            rows.append((t.slug, row[0], row[1], statistics.fmean(va), statistics.fmean(vb)))
-    return xa, xb, rows
+            pairs.update({(t.slug, row[0], row[1], run): (ra[run], rb[run]) for run in runs})
+            rows.append((t.slug, row[0], row[1], statistics.fmean(ra[r] for r in runs),
+                         statistics.fmean(rb[r] for r in runs)))
+    return pairs, rows
+
+
+def _by_unit(pairs: dict[tuple, tuple[float, float]]) -> tuple[list[float], list[float]]:
+    """One pair per trained unit (table, source task, run): the mean over its evaluation rows. A unit's in- and
+    out-of-distribution rows come from the same adapter and demonstration draw, so they are not independent."""
+    by: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
+    for (slug, src, _eval, run), ab in pairs.items():
+        by[(slug, src, run)].append(ab)
+    return ([statistics.fmean(x[0] for x in v) for v in by.values()],
+            [statistics.fmean(x[1] for x in v) for v in by.values()])
 
 
 def compare(tables: list[Table], a: str = "ia2-then-sft", b: str = "sft") -> dict:
-    """Row wins (mean over runs; lower ECE wins) and a paired t-test over (run, row) pairs."""
+    """Row wins (mean over the shared runs; lower ECE wins; unrounded) and two paired t-tests: over (run, row)
+    pairs, the paper's "across runs and tasks" (SPEC section 5), and over trained units, the conservative one."""
     out = {"a": a, "b": b}
     for key in ("acc", "ece", "ece_paper"):
-        xa, xb, rows = _pairs(tables, a, b, key)
+        pairs, rows = _pairs(tables, a, b, key)
+        ties = [math.isclose(r[3], r[4], rel_tol=1e-9, abs_tol=1e-12) for r in rows]
         better = (lambda u, v: u > v) if METRIC[key].higher_better else (lambda u, v: u < v)
-        out[key] = {"rows": len(rows), "wins": sum(better(r[3], r[4]) for r in rows),
-                    "ties": sum(r[3] == r[4] for r in rows),
-                    "losses": sum(better(r[4], r[3]) for r in rows),
-                    "ttest": metrics.paired_ttest(xa, xb)}
+        out[key] = {"rows": len(rows), "wins": sum(better(r[3], r[4]) and not t for r, t in zip(rows, ties)),
+                    "ties": sum(ties), "losses": sum(better(r[4], r[3]) and not t for r, t in zip(rows, ties)),
+                    "ttest": metrics.paired_ttest([x for x, _ in pairs.values()], [y for _, y in pairs.values()]),
+                    "ttest_units": metrics.paired_ttest(*_by_unit(pairs))}
     return out
 
 
@@ -404,15 +417,20 @@ def _fmt_test(tt: dict) -> str:
 
 
 def summary_markdown(summary: dict, rule: str) -> str:
-    lines = [f"Row counts compare means over runs; t-tests pair the same run of the same row "
-             f"(a - b; accuracy in %, ECE lower is better). Selection: {rule_label(rule)}.", "",
-             "| a vs b | scope | metric | rows | a better | ties | a worse | paired t-test |",
-             "|---|---|---|---:|---:|---:|---:|---|"]
+    lines = [f"Row counts compare unrounded means over the runs both methods have (a row can count as won where the "
+             f"table shows equal numbers). The paired t-test pairs the same run of the same row, as the paper does "
+             f"(across runs and tasks); the one by trained unit first averages each unit's evaluation rows (its "
+             f"in- and out-of-distribution rows share one adapter, so they are not independent) and is the "
+             f"conservative one (a - b; accuracy in %, ECE lower is better). Selection: {rule_label(rule)}.", "",
+             "| a vs b | scope | metric | rows | a better | ties | a worse | paired t-test (runs x rows) | "
+             "paired t-test (trained units) |",
+             "|---|---|---|---:|---:|---:|---:|---|---|"]
     for c in summary["comparisons"]:
         for key in ("acc", "ece", "ece_paper"):
             s = c[key]
+            units = _fmt_test(s["ttest_units"]) if "ttest_units" in s else "-"
             lines.append(f"| {column_title(c['a'])} vs {column_title(c['b'])} | {c['scope']} | {key} | {s['rows']} | "
-                         f"{s['wins']} | {s['ties']} | {s['losses']} | {_fmt_test(s['ttest'])} |")
+                         f"{s['wins']} | {s['ties']} | {s['losses']} | {_fmt_test(s['ttest'])} | {units} |")
     if summary.get("asim"):
         cols = sorted({v for a in summary["asim"] for v in a["means"]}, key=_column_order)
         lines += ["", "Mean asim of the reported configurations (over rows and runs; higher = closer to ICL's "

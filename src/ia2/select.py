@@ -132,7 +132,7 @@ class Selection:
 def _mean(xs: list) -> float | None:
     """Mean over runs; None if any run lacks the number (a partial mean would favour missing runs)."""
     ok = [x for x in xs if x is not None and not math.isnan(x)]
-    return sum(ok) / len(ok) if ok and len(ok) == len(xs) else None
+    return math.fsum(ok) / len(ok) if ok and len(ok) == len(xs) else None  # fsum: equal sets tie in any order
 
 
 def _dedupe(rows: list[dict], where: str) -> list[dict]:
@@ -170,14 +170,28 @@ def _best(cands: dict[tuple, list[dict]], criterion: str) -> tuple[tuple, float 
     return hp, _score(cands[hp], criterion)
 
 
+def _w_tie(per_w: dict[tuple, list[dict]], hp: tuple) -> str:
+    """Say so when w was decided by the tie-break (the smallest w) rather than by dev accuracy."""
+    acc = _score(per_w[hp], "dev acc")
+    tied = [k for k, rows in per_w.items() if _score(rows, "dev acc") == acc]
+    return f" (tie on dev acc: smallest w of {len(tied)})" if len(tied) > 1 else ""
+
+
 def _choose(cands: dict[tuple, list[dict]], method: str, rule: str) -> tuple[tuple, float | None, str]:
     """Apply the rule; dev-acc falls back to dev loss where dev accuracy is missing (generative tasks)."""
     if rule == "eval":
         return (*_best(cands, "eval acc"), "eval acc")
     has_acc = all(_score(rows, "dev acc") is not None for rows in cands.values())
+    several_w = get_method(method).uses_ce_weight and len({hp[1] for hp in cands}) > 1
+    if rule == "dev-acc" and has_acc and several_w:
+        # lr within each w on dev accuracy (ties: dev loss, one objective), then w across them on dev accuracy
+        per_w = {hp: cands[hp] for w in sorted({hp[1] for hp in cands})
+                 for hp in [_best({k: v for k, v in cands.items() if k[1] == w}, "dev acc")[0]]}
+        hp, score = _best(per_w, "dev acc")
+        return hp, score, "dev acc" + _w_tie(per_w, hp)
     if rule == "dev-acc" and has_acc:
         return (*_best(cands, "dev acc"), "dev acc")
-    if rule == "dev-loss" and get_method(method).uses_ce_weight and len({hp[1] for hp in cands}) > 1:
+    if rule == "dev-loss" and several_w:
         # Dev losses of different w are different objectives ((1-w) IA2 + w CE), so only lr is
         # chosen on dev loss within each w; w itself is chosen on dev accuracy when there is one.
         per_w = {}
@@ -185,7 +199,8 @@ def _choose(cands: dict[tuple, list[dict]], method: str, rule: str) -> tuple[tup
             hp, _ = _best({k: v for k, v in cands.items() if k[1] == w}, "dev loss")
             per_w[hp] = cands[hp]
         if all(_score(rows, "dev acc") is not None for rows in per_w.values()):
-            return (*_best(per_w, "dev acc"), "lr: dev loss, w: dev acc")
+            hp, score = _best(per_w, "dev acc")
+            return hp, score, "lr: dev loss, w: dev acc" + _w_tie(per_w, hp)
         return (*_best(per_w, "dev loss"), "dev loss (w across objectives)")
     return (*_best(cands, "dev loss"), "dev loss" if rule == "dev-loss" else "dev loss (no dev acc)")
 
@@ -229,6 +244,8 @@ def _select_cell(key: tuple, cands: dict[tuple, list[dict]], rule: str) -> Selec
         hp, score, crit = _choose(shared, method, rule)
         if any(len(shared[k]) < len(rs) for k, rs in cands.items()):
             crit += f" (on the {len(shared[hp])} runs every candidate has)"
+        elif len(cands) > 1 and len({tuple(r["run"] for r in rs) for rs in cands.values()}) > 1:
+            crit += " (the candidates share no run: compared on different runs)"
     chosen = cands[hp]  # the table shows every run of the chosen candidate; the appendix what the choice saw
     return Selection(model, fmt, n, task, eval_task, bool(chosen[0]["ood"]), var, method, hp[0], hp[1], chosen,
                      crit, score, _candidate_summary(shared) if method not in BASELINES else [])
