@@ -60,11 +60,20 @@ def test_where_we_stand_table_matches_the_overall_report():
     comps = _comparisons()
     rows = [r for r in _rows(_section(DOC.read_text(), "Where we stand")) if r[0] in MODELS]
     assert rows, "the Where we stand table has no model rows"
-    for model, fmt_task, n, _runs, _responsive, acc, ece, tests in rows:
+    for model, fmt_task, n, _runs, _responsive, acc, ece, tests, units in rows:
         fmt = fmt_task.split(",")[0].split()[0]
         scope = f"{MODELS[model]}, {'generative' if fmt == 'gsm8k' else fmt + ' labels'}, N={n}"
         assert scope in comps, f"no comparison for {scope} in the overall report"
         _assert_matches(scope, acc, ece, tests, comps[scope])
+        # the conservative test, one pair per trained unit: "p = x (n = k) / p = y" ("-" where undefined)
+        for shown, key in zip(units.replace("*", "").split(" / "), ("acc", "ece")):
+            tt = comps[scope][key]["ttest_units"]
+            if shown.strip() == "-":
+                assert tt["p"] != tt["p"], f"{scope} {key}: doc '-', report p = {tt['p']}"  # NaN: undefined
+                continue
+            m = re.match(r"p = ([\d.]+)(?: \(n = (\d+)\))?", shown.strip())
+            assert m and _close(m.group(1), tt["p"]), f"{scope} {key} by unit: doc {shown!r}, report {tt}"
+            assert m.group(2) is None or int(m.group(2)) == tt["n"], f"{scope} {key} by unit: doc {shown!r}, {tt}"
 
 
 def test_where_we_stand_totals_match_the_overall_report():

@@ -110,18 +110,33 @@ class Table:
         return sorted({r["run"] for c in self.cells.values() for v, s in c.items() if var in (None, v)
                        for r in s.rows})
 
+    def _row_label(self, row: tuple) -> str:
+        return row[0] if row[0] == row[1] else f"{row[0]}->{row[1]}"
+
+    def _cell_runs(self, row: tuple, var: str) -> tuple[int, ...]:
+        s = self.cell(row, var)
+        return tuple(sorted({r["run"] for r in s.rows})) if s else ()
+
+    def row_runs(self) -> dict[tuple[int, ...], list[str]]:
+        """Run set -> the rows holding it (a row's runs: those of any of its columns), so a caption never claims
+        runs one row lacks."""
+        out: dict[tuple[int, ...], list[str]] = {}
+        for row in self.rows:
+            rs = tuple(sorted({r for v in self.columns for r in self._cell_runs(row, v)}))
+            out.setdefault(rs, []).append(self._row_label(row))
+        return out
+
     def partial_columns(self) -> dict[str, dict[tuple[int, ...], list[str]]]:
-        """Columns with fewer runs than the table somewhere (e.g. a method whose chunk has not run them all yet), as
-        run set -> the rows holding it, so a caption never claims runs one row lacks; empty cells ("-") are skipped."""
-        every = tuple(self.runs())
+        """Columns with fewer runs than their row somewhere (e.g. a method whose chunk has not run them all yet), as
+        run set -> the rows where it has them; empty cells ("-") are skipped."""
         out = {}
         for v in self.columns:
             groups: dict[tuple[int, ...], list[str]] = {}
             for row in self.rows:
-                if (s := self.cell(row, v)) and s.rows:
-                    label = row[0] if row[0] == row[1] else f"{row[0]}->{row[1]}"
-                    groups.setdefault(tuple(sorted({r["run"] for r in s.rows})), []).append(label)
-            if groups and list(groups) != [every]:
+                rs = self._cell_runs(row, v)
+                if rs and rs != tuple(sorted({r for w in self.columns for r in self._cell_runs(row, w)})):
+                    groups.setdefault(rs, []).append(self._row_label(row))
+            if groups:
                 out[v] = groups
         return out
 
@@ -189,11 +204,16 @@ def caption(table: Table, metric: Metric, rule: str) -> str:
     definition = GENERATIVE_ACC if metric.key == "acc" and table.generative else metric.definition
     def over(rs: tuple[int, ...]) -> str:
         return f"{len(rs)} ({', '.join(map(str, rs))})"
-    fewer = "".join(
-        f", {column_title(v)} over " + (over(next(iter(groups))) if len(groups) == 1 else
-                                       ", ".join(f"{over(rs)} on {', '.join(rows)}" for rs, rows in groups.items()))
-        for v, groups in table.partial_columns().items())
-    return (f"{metric.title} — {table.name}. Mean (std) over {len(runs)} run(s) ({', '.join(map(str, runs))}){fewer}; "
+
+    def per_row(groups: dict, every: int) -> str:
+        return over(next(iter(groups))) if len(groups) == 1 and len(next(iter(groups.values()))) == every else \
+            ", ".join(f"{over(rs)} on {', '.join(rows)}" for rs, rows in groups.items())
+    rows = table.row_runs()
+    head = (f"Mean (std) over {len(runs)} run(s) ({', '.join(map(str, runs))})" if len(rows) == 1
+            else f"Mean (std) over runs {per_row(rows, len(table.rows))}")
+    fewer = "".join(f", {column_title(v)} over {per_row(groups, len(table.rows))}"
+                    for v, groups in table.partial_columns().items())
+    return (f"{metric.title} — {table.name}. {head}{fewer}; "
             f"{rule_label(rule)}. {definition[0].upper() + definition[1:]}. "
             f"`*` = out of distribution; bold = best in row. "
             "Trained adapters are evaluated without demonstrations; ICL uses N-1 of them.")
