@@ -117,13 +117,15 @@ class Table:
         s = self.cell(row, var)
         return tuple(sorted({r["run"] for r in s.rows})) if s else ()
 
+    def _row_run_set(self, row: tuple) -> tuple[int, ...]:
+        """A row's runs: those of any of its columns."""
+        return tuple(sorted({r for v in self.columns for r in self._cell_runs(row, v)}))
+
     def row_runs(self) -> dict[tuple[int, ...], list[str]]:
-        """Run set -> the rows holding it (a row's runs: those of any of its columns), so a caption never claims
-        runs one row lacks."""
+        """Run set -> the rows holding it, so a caption never claims runs one row lacks."""
         out: dict[tuple[int, ...], list[str]] = {}
         for row in self.rows:
-            rs = tuple(sorted({r for v in self.columns for r in self._cell_runs(row, v)}))
-            out.setdefault(rs, []).append(self._row_label(row))
+            out.setdefault(self._row_run_set(row), []).append(self._row_label(row))
         return out
 
     def partial_columns(self) -> dict[str, dict[tuple[int, ...], list[str]]]:
@@ -134,7 +136,7 @@ class Table:
             groups: dict[tuple[int, ...], list[str]] = {}
             for row in self.rows:
                 rs = self._cell_runs(row, v)
-                if rs and rs != tuple(sorted({r for w in self.columns for r in self._cell_runs(row, w)})):
+                if rs and rs != self._row_run_set(row):
                     groups.setdefault(rs, []).append(self._row_label(row))
             if groups:
                 out[v] = groups
@@ -202,17 +204,19 @@ def best_columns(table: Table, row: tuple, metric: Metric) -> set[str]:
 def caption(table: Table, metric: Metric, rule: str) -> str:
     runs = table.runs()
     definition = GENERATIVE_ACC if metric.key == "acc" and table.generative else metric.definition
+
     def over(rs: tuple[int, ...]) -> str:
         return f"{len(rs)} ({', '.join(map(str, rs))})"
 
-    def per_row(groups: dict, every: int) -> str:
-        return over(next(iter(groups))) if len(groups) == 1 and len(next(iter(groups.values()))) == every else \
-            ", ".join(f"{over(rs)} on {', '.join(rows)}" for rs, rows in groups.items())
+    def per_row(groups: dict) -> str:
+        """One run set for every row reads "3 (0, 1, 2)"; otherwise each set names its rows."""
+        if len(groups) == 1 and len(next(iter(groups.values()))) == len(table.rows):
+            return over(next(iter(groups)))
+        return ", ".join(f"{over(rs)} on {', '.join(rows)}" for rs, rows in groups.items())
     rows = table.row_runs()
     head = (f"Mean (std) over {len(runs)} run(s) ({', '.join(map(str, runs))})" if len(rows) == 1
-            else f"Mean (std) over runs {per_row(rows, len(table.rows))}")
-    fewer = "".join(f", {column_title(v)} over {per_row(groups, len(table.rows))}"
-                    for v, groups in table.partial_columns().items())
+            else f"Mean (std) over runs {per_row(rows)}")
+    fewer = "".join(f", {column_title(v)} over {per_row(groups)}" for v, groups in table.partial_columns().items())
     return (f"{metric.title} — {table.name}. {head}{fewer}; "
             f"{rule_label(rule)}. {definition[0].upper() + definition[1:]}. "
             f"`*` = out of distribution; bold = best in row. "
@@ -448,9 +452,9 @@ def summary_markdown(summary: dict, rule: str) -> str:
     for c in summary["comparisons"]:
         for key in ("acc", "ece", "ece_paper"):
             s = c[key]
-            units = _fmt_test(s["ttest_units"]) if "ttest_units" in s else "-"
             lines.append(f"| {column_title(c['a'])} vs {column_title(c['b'])} | {c['scope']} | {key} | {s['rows']} | "
-                         f"{s['wins']} | {s['ties']} | {s['losses']} | {_fmt_test(s['ttest'])} | {units} |")
+                         f"{s['wins']} | {s['ties']} | {s['losses']} | {_fmt_test(s['ttest'])} | "
+                         f"{_fmt_test(s['ttest_units'])} |")
     if summary.get("asim"):
         cols = sorted({v for a in summary["asim"] for v in a["means"]}, key=_column_order)
         lines += ["", "Mean asim of the reported configurations (over rows and runs; higher = closer to ICL's "

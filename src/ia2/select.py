@@ -177,6 +177,13 @@ def _w_tie(per_w: dict[tuple, list[dict]], hp: tuple) -> str:
     return f" (tie on dev acc: smallest w of {len(tied)})" if len(tied) > 1 else ""
 
 
+def _best_lr_per_w(cands: dict[tuple, list[dict]], criterion: str) -> dict[tuple, list[dict]]:
+    """For each w, the candidate with the best lr by ``criterion`` (one objective per w)."""
+    ws = sorted({hp[1] for hp in cands})
+    best = [_best({k: v for k, v in cands.items() if k[1] == w}, criterion)[0] for w in ws]
+    return {hp: cands[hp] for hp in best}
+
+
 def _choose(cands: dict[tuple, list[dict]], method: str, rule: str) -> tuple[tuple, float | None, str]:
     """Apply the rule; dev-acc falls back to dev loss where dev accuracy is missing (generative tasks)."""
     if rule == "eval":
@@ -185,8 +192,7 @@ def _choose(cands: dict[tuple, list[dict]], method: str, rule: str) -> tuple[tup
     several_w = get_method(method).uses_ce_weight and len({hp[1] for hp in cands}) > 1
     if rule == "dev-acc" and has_acc and several_w:
         # lr within each w on dev accuracy (ties: dev loss, one objective), then w across them on dev accuracy
-        per_w = {hp: cands[hp] for w in sorted({hp[1] for hp in cands})
-                 for hp in [_best({k: v for k, v in cands.items() if k[1] == w}, "dev acc")[0]]}
+        per_w = _best_lr_per_w(cands, "dev acc")
         hp, score = _best(per_w, "dev acc")
         return hp, score, "dev acc" + _w_tie(per_w, hp)
     if rule == "dev-acc" and has_acc:
@@ -194,10 +200,7 @@ def _choose(cands: dict[tuple, list[dict]], method: str, rule: str) -> tuple[tup
     if rule == "dev-loss" and several_w:
         # Dev losses of different w are different objectives ((1-w) IA2 + w CE), so only lr is
         # chosen on dev loss within each w; w itself is chosen on dev accuracy when there is one.
-        per_w = {}
-        for w in sorted({hp[1] for hp in cands}):
-            hp, _ = _best({k: v for k, v in cands.items() if k[1] == w}, "dev loss")
-            per_w[hp] = cands[hp]
+        per_w = _best_lr_per_w(cands, "dev loss")
         if all(_score(rows, "dev acc") is not None for rows in per_w.values()):
             hp, score = _best(per_w, "dev acc")
             return hp, score, "lr: dev loss, w: dev acc" + _w_tie(per_w, hp)
