@@ -91,6 +91,21 @@ def test_where_we_stand_totals_match_the_overall_report():
     assert _close(m.group(3), every["ece"]["ttest"]["mean_diff"]) and _close(m.group(4), every["ece"]["ttest"]["p"])
 
 
+def test_holm_sentence_matches_the_overall_report():
+    """The per-table p-values read one at a time overstate significance; the sentence giving the smallest
+    Holm-adjusted p per metric and test ("over the K per-table tests ... accuracy p = a / b ... ECE p = c / d")
+    reads the overall report."""
+    section = _section(DOC.read_text(), "Where we stand")
+    per = [c for scope, c in _comparisons().items() if scope != "all tables"]
+    m = re.search(r"Holm's correction over the (\d+) per-table tests.*?accuracy p = ([\d.]+) / ([\d.]+).*?"
+                  r"ECE p = ([\d.]+) / ([\d.]+)", section, re.S)
+    assert m, "the Holm sentence is missing"
+    assert int(m.group(1)) == len(per)
+    for shown, key, test in zip(m.groups()[1:], ("acc", "acc", "ece", "ece"), ("ttest", "ttest_units") * 2):
+        smallest = min(c[key][test]["p_holm"] for c in per if c[key][test]["p_holm"] == c[key][test]["p_holm"])
+        assert _close(shown, smallest), f"{key} {test}: doc {shown}, report {smallest}"
+
+
 def test_per_rule_totals_match_their_reports():
     """The table of counts under each selection rule reads the overall report made with that rule."""
     reports = {"dev loss": "overall", "dev accuracy": "overall-devacc", "evaluation set": "overall-eval"}

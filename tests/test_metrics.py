@@ -26,6 +26,7 @@ from ia2.metrics import (
     metrics_from_records,
     next_token_kl,
     paired_ttest,
+    holm,
     reliability_bins,
     single_token_metrics,
     subspace_overlap,
@@ -466,6 +467,13 @@ def test_paired_ttest_hand():
     assert out["t"] == pytest.approx(t_hand)
     assert out["p"] == pytest.approx(2 * stats.t.sf(t_hand, df=3))
     assert paired_ttest(b, a)["t"] == pytest.approx(-t_hand)
+
+
+def test_holm_steps_down_and_keeps_order_and_nan():
+    # sorted 0.01, 0.03, 0.04 -> 3 * 0.01, 2 * 0.03, max(0.06, 1 * 0.04); NaN is no test and no family member
+    assert holm([0.04, float("nan"), 0.01, 0.03]) == pytest.approx([0.06, float("nan"), 0.03, 0.06], nan_ok=True)
+    assert holm([0.6, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm([0.02]) == [0.02] and holm([]) == []
 
 
 def test_paired_ttest_degenerate_returns_nan():

@@ -14,7 +14,7 @@ from conftest import TEST_DEVICE
 
 from ia2.config import Unit
 from ia2.errors import IA2Error
-from ia2.report import build_tables, compare
+from ia2.report import build_tables, compare, summarise, summary_markdown
 from ia2.select import done_rows, select, variant
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -207,6 +207,30 @@ def test_unit_ttest_averages_the_rows_of_one_trained_unit():
     assert s["ttest_units"]["p"] == pytest.approx(want["p"]) and s["ttest_units"]["p"] != pytest.approx(s["ttest"]["p"])
 
 
+def test_per_table_p_values_are_holm_adjusted_over_the_tables():
+    """Two tables (N = 4 and N = 8): each per-table test gets Holm's p over the pair; the pooled one keeps its p."""
+    from ia2 import metrics
+
+    recs = []
+    for n, gap in ((4, (0.1, 0.3, 0.2)), (8, (0.05, -0.1, 0.3))):
+        for run in range(3):
+            for method, acc in (("ia2-then-sft", 0.5 + gap[run]), ("sft", 0.5)):
+                rec = record(method, 1e-3, run, 0.5, 0.5, acc, evals=("sst2",))
+                rec["unit"]["n"] = n
+                for row in rec["results"]:
+                    row["n"] = n
+                recs.append(rec)
+    s = summarise(build_tables(select(done_rows(recs), "dev-loss")), recs)
+    per = [c for c in s["comparisons"] if c["scope"] != "all tables"]
+    assert len(per) == 2
+    p = [c["acc"]["ttest"]["p"] for c in per]
+    assert [c["acc"]["ttest"]["p_holm"] for c in per] == pytest.approx(metrics.holm(p))
+    assert min(c["acc"]["ttest"]["p_holm"] for c in per) == pytest.approx(min(1.0, 2 * min(p)))
+    pooled = next(c for c in s["comparisons"] if c["scope"] == "all tables")
+    assert "p_holm" not in pooled["acc"]["ttest"]
+    assert f"(Holm {per[0]['acc']['ttest']['p_holm']:.3g})" in summary_markdown(s, "dev-loss")
+
+
 def test_row_counts_use_the_runs_both_methods_have():
     """IA2 -> SFT has runs 0-4, SFT only runs 0-2: comparing 5 runs with 3 would let runs 3-4 decide the row."""
     recs = [record("sft", 1e-3, r, 0.5, 0.5, 0.7) for r in range(3)]
@@ -224,8 +248,6 @@ def test_equal_means_reached_in_another_order_are_a_tie():
 
 
 def test_summary_asim_means_the_selected_cells_and_compute_sums_unit_time():
-    from ia2.report import summarise
-
     recs = []
     for run in (0, 1):
         for lr, dev_loss, asim in ((1e-3, 0.5, 0.9), (1e-4, 0.9, 0.1)):  # dev loss selects 1e-3
@@ -642,8 +664,6 @@ def test_paired_test_text_prints_float_noise_as_zero():
 
 
 def test_selection_regret_measures_accuracy_given_up_against_hindsight():
-    from ia2.report import summarise, summary_markdown
-
     recs = disagreeing_records()  # eval acc 0.6 / 0.7 / 0.9 at lr 1e-3 / 3e-4 / 1e-4, on both eval tasks
     recs += [record("ia2", 1e-3, run, 0.5, 0.5, 0.6) for run in (0, 1)]  # one candidate only: no grid, no row
     for rule, lost in (("dev-loss", 30.0), ("dev-acc", 20.0), ("eval", 0.0)):

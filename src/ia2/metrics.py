@@ -29,6 +29,7 @@ __all__ = [
     "subspace_overlap",
     "adapter_overlap",
     "paired_ttest",
+    "holm",
 ]
 
 ArrayLike = Sequence[float] | Sequence[bool] | np.ndarray | torch.Tensor
@@ -446,3 +447,19 @@ def paired_ttest(a: Sequence[float], b: Sequence[float]) -> dict[str, float | in
         return {"t": float("nan"), "p": float("nan"), "n": n, "mean_diff": mean_diff}
     res = stats.ttest_rel(x, y)
     return {"t": float(res.statistic), "p": float(res.pvalue), "n": n, "mean_diff": mean_diff}
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (same order in and out).
+
+    A report tests one comparison on every table; read one at a time, some of those
+    p-values fall under 0.05 by chance. Holm controls the family-wise error without
+    Bonferroni's full cost. NaN p-values (undefined tests) stay NaN and do not count
+    towards the family size.
+    """
+    idx = sorted((i for i, p in enumerate(pvalues) if not math.isnan(p)), key=lambda i: pvalues[i])
+    m, out, running = len(idx), [float("nan")] * len(pvalues), 0.0
+    for rank, i in enumerate(idx):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        out[i] = running
+    return out

@@ -425,9 +425,26 @@ def summarise(tables: list[Table], records: list[dict] | None = None) -> dict:
                     if v in present and (v, b) not in pairs:
                         pairs.append((v, b))
     scopes = ([("all tables", tables)] if len(tables) > 1 else []) + [(t.name, [t]) for t in tables]
-    return {"comparisons": [{"scope": scope, **compare(ts, a, b)} for a, b in pairs for scope, ts in scopes
-                            if any(a in t.columns and b in t.columns for t in ts)],
-            "asim": asim_by_method(tables), "regret": selection_regret(tables), "compute": compute_spent(records or [])}
+    comparisons = [{"scope": scope, **compare(ts, a, b)} for a, b in pairs for scope, ts in scopes
+                   if any(a in t.columns and b in t.columns for t in ts)]
+    _adjust_per_table(comparisons)
+    return {"comparisons": comparisons, "asim": asim_by_method(tables), "regret": selection_regret(tables),
+            "compute": compute_spent(records or [])}
+
+
+def _adjust_per_table(comparisons: list[dict]) -> None:
+    """Adds ``p_holm`` to every per-table test: Holm over the tables of one comparison, metric and test (the
+    pooled "all tables" test is one test and keeps its p). With a dozen tables, one p under 0.05 is expected by
+    chance; the adjusted p says whether a table's result survives that."""
+    family: dict[tuple, list[dict]] = defaultdict(list)
+    for c in comparisons:
+        if c["scope"] != "all tables":
+            for key in ("acc", "ece", "ece_paper"):
+                for test in ("ttest", "ttest_units"):
+                    family[(c["a"], c["b"], key, test)].append(c[key][test])
+    for tests in family.values():
+        for tt, p in zip(tests, metrics.holm([tt["p"] for tt in tests])):
+            tt["p_holm"] = p
 
 
 def _fmt_test(tt: dict) -> str:
@@ -435,6 +452,8 @@ def _fmt_test(tt: dict) -> str:
         return "-"
     t = "n/a" if math.isnan(tt["t"]) else f"{tt['t']:.2f}"
     p = "n/a" if math.isnan(tt["p"]) else f"{tt['p']:.3g}"
+    if "p_holm" in tt and not math.isnan(tt["p_holm"]):
+        p += f" (Holm {tt['p_holm']:.3g})"
     md = tt["mean_diff"]
     md = 0.0 if abs(md) < 1e-9 else md  # float noise of equal per-run values (e.g. -2.2e-16) reads as a real gap
     return f"t={t}, p={p}, n={tt['n']}, mean diff={md:+.3g}"
@@ -445,7 +464,8 @@ def summary_markdown(summary: dict, rule: str) -> str:
              f"table shows equal numbers). The paired t-test pairs the same run of the same row, as the paper does "
              f"(across runs and tasks); the one by trained unit first averages each unit's evaluation rows (its "
              f"in- and out-of-distribution rows share one adapter, so they are not independent) and is the "
-             f"conservative one (a - b; accuracy in %, ECE lower is better). Selection: {rule_label(rule)}.", "",
+             f"conservative one (a - b; accuracy in %, ECE lower is better). A per-table p is followed by its Holm-adjusted "
+             f"value over the tables of the same comparison, metric and test. Selection: {rule_label(rule)}.", "",
              "| a vs b | scope | metric | rows | a better | ties | a worse | paired t-test (runs x rows) | "
              "paired t-test (trained units) |",
              "|---|---|---|---:|---:|---:|---:|---|---|"]
