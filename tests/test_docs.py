@@ -93,11 +93,11 @@ def test_where_we_stand_totals_match_the_overall_report():
 
 def test_holm_sentence_matches_the_overall_report():
     """The per-table p-values read one at a time overstate significance; the sentence giving the smallest
-    Holm-adjusted p per metric and test ("over the K per-table tests ... accuracy p = a / b ... ECE p = c / d")
+    Holm-adjusted p per metric and test ("Holm's correction over the K tables ... accuracy p = a / b ... ECE p = c / d")
     reads the overall report."""
     section = _section(DOC.read_text(), "Where we stand")
     per = [c for scope, c in _comparisons().items() if scope != "all tables"]
-    m = re.search(r"Holm's correction over the (\d+) per-table tests.*?accuracy p = ([\d.]+) / ([\d.]+).*?"
+    m = re.search(r"Holm's correction over the (\d+) tables.*?accuracy p = ([\d.]+) / ([\d.]+).*?"
                   r"ECE p = ([\d.]+) / ([\d.]+)", section, re.S)
     assert m, "the Holm sentence is missing"
     assert int(m.group(1)) == len(per)
