@@ -119,17 +119,17 @@ def test_per_rule_totals_match_their_reports():
     assert seen == set(reports), f"rules missing from the per-rule table: {set(reports) - seen}"
 
 
-@pytest.mark.parametrize("section, task", [("4b.", "sst2"), ("4h.", "finsen")])
-def test_per_task_rule_tables_match_their_reports(section, task):
-    """4b and 4h compare IA2 -> SFT with SFT only on one task's rows under each selection rule; their last column
-    ("A / E of R, +d points (p = x ...") reads the per-task report refresh.sh writes for that rule."""
+@pytest.mark.parametrize("section, task, n", [("4b.", "sst2", 8), ("4h.", "finsen", 8), ("4m.", "finsen", 4)])
+def test_per_task_rule_tables_match_their_reports(section, task, n):
+    """4b, 4h and 4m compare IA2 -> SFT with SFT only on one task's rows under each selection rule; their last
+    column ("A / E of R, +d points (p = x ...") reads the per-task report refresh.sh writes for that rule."""
     rules = {"dev loss": "dev-loss", "dev accuracy": "dev-acc", "evaluation set": "eval"}
     seen = set()
     for cells in _rows(_section(DOC.read_text(), section)):
         rule = next((r for r in rules if cells[0].startswith(r)), None)
         if rule is None:
             continue
-        c = _comparisons(f"per-task/gemma3-words-n8-{task}-{rules[rule]}")["gemma3-270m, words labels, N=8"]
+        c = _comparisons(f"per-task/gemma3-words-n{n}-{task}-{rules[rule]}")[f"gemma3-270m, words labels, N={n}"]
         m = re.match(r"(\d+) / (\d+) of (\d+), ([+-][\d.]+) points \(p ([=<]) ([\d.]+)", cells[-1])
         assert m, f"{section} {rule}: cannot read {cells[-1]!r}"
         acc_wins, ece_wins, rows, diff, op, p = m.groups()

@@ -229,6 +229,8 @@ def test_per_table_p_values_are_holm_adjusted_over_the_tables():
     pooled = next(c for c in s["comparisons"] if c["scope"] == "all tables")
     assert "p_holm" not in pooled["acc"]["ttest"]
     assert f"(Holm {per[0]['acc']['ttest']['p_holm']:.3g})" in summary_markdown(s, "dev-loss")
+    one = summarise(build_tables(select(done_rows([r for r in recs if r["unit"]["n"] == 4]), "dev-loss")), recs)
+    assert "p_holm" not in one["comparisons"][0]["acc"]["ttest"]  # a family of one: Holm's p is p
 
 
 def test_row_counts_use_the_runs_both_methods_have():

@@ -53,13 +53,15 @@ if [ -d runs/agnews-words-n4/records ]; then
   copy_store runs/agnews-words-n4 $R/agnews-words-n4/store
   report $R/agnews-words-n4/report $R/agnews-words-n4/store
 fi
-# The per-task paired tests REPRODUCTION quotes (4b, 4e, 4h): one combination's rows alone, under each rule
+# The per-task paired tests REPRODUCTION quotes (4b, 4e, 4h, 4m): one combination's rows alone, under each rule
 P=$R/per-task
 rm -rf $P
 for rule in dev-loss dev-acc eval; do
-  for task in sst2 finsen; do
-    report $P/gemma3-words-n8-$task-$rule $R/study/store --only model=gemma3-270m --only label_format=words \
-        --only n=8 --only task=$task --select-on $rule --no-plots
+  for n in 4 8; do
+    for task in sst2 finsen; do
+      report $P/gemma3-words-n$n-$task-$rule $R/study/store --only model=gemma3-270m --only label_format=words \
+          --only n=$n --only task=$task --select-on $rule --no-plots
+    done
   done
 done
 report $P/gemma3-words-n8-finsen-runs012 $R/study/store --only model=gemma3-270m --only label_format=words \

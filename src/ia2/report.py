@@ -433,16 +433,16 @@ def summarise(tables: list[Table], records: list[dict] | None = None) -> dict:
 
 
 def _adjust_per_table(comparisons: list[dict]) -> None:
-    """Adds ``p_holm`` to every per-table test: Holm over the tables of one comparison, metric and test (the
-    pooled "all tables" test is one test and keeps its p). With a dozen tables, one p under 0.05 is expected by
-    chance; the adjusted p says whether a table's result survives that."""
+    """Adds ``p_holm`` to every per-table test when there are several tables: Holm over the tables of one
+    comparison, metric and test (the pooled "all tables" test is one test and keeps its p). With a dozen tables,
+    one p under 0.05 is expected by chance; the adjusted p says whether a table's result survives that."""
     family: dict[tuple, list[dict]] = defaultdict(list)
     for c in comparisons:
         if c["scope"] != "all tables":
             for key in ("acc", "ece", "ece_paper"):
                 for test in ("ttest", "ttest_units"):
                     family[(c["a"], c["b"], key, test)].append(c[key][test])
-    for tests in family.values():
+    for tests in (t for t in family.values() if len(t) > 1):
         for tt, p in zip(tests, metrics.holm([tt["p"] for tt in tests])):
             tt["p_holm"] = p
 
