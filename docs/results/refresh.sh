@@ -25,7 +25,7 @@ if [ -d runs/ablation-epochs/records ]; then
   copy_store runs/ablation-epochs $R/ablations/ia2-epochs/store
   report $R/ablations/ia2-epochs/report $R/ablations/ia2-epochs/store
   # the study's 50-epoch units with the same model, task, N and lr, for comparison
-  report $R/ablations/ia2-epochs/baseline-report $R/study/store --only model=gemma3-270m --only n=4 \
+  report $R/ablations/ia2-epochs/baseline-report $R/study/store --only model=gemma3-270m --only task=sst2 --only n=4 \
       --only label_format=words --only lr=1e-3
 fi
 if [ -d runs/ablation-devsplit/records ]; then
