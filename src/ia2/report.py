@@ -131,12 +131,13 @@ class Table:
     def partial_columns(self) -> dict[str, dict[tuple[int, ...], list[str]]]:
         """Columns with fewer runs than their row somewhere (e.g. a method whose chunk has not run them all yet), as
         run set -> the rows where it has them; empty cells ("-") are skipped."""
+        row_sets = {row: self._row_run_set(row) for row in self.rows}
         out = {}
         for v in self.columns:
             groups: dict[tuple[int, ...], list[str]] = {}
             for row in self.rows:
                 rs = self._cell_runs(row, v)
-                if rs and rs != self._row_run_set(row):
+                if rs and rs != row_sets[row]:
                     groups.setdefault(rs, []).append(self._row_label(row))
             if groups:
                 out[v] = groups
@@ -347,11 +348,14 @@ def _by_unit(pairs: dict[tuple, tuple[float, float]]) -> tuple[list[float], list
             [statistics.fmean(x[1] for x in v) for v in by.values()])
 
 
+COMPARED = ("acc", "ece", "ece_paper")  # the metrics each IA2 -> SFT vs SFT comparison counts and tests
+
+
 def compare(tables: list[Table], a: str = "ia2-then-sft", b: str = "sft") -> dict:
     """Row wins (mean over the shared runs; lower ECE wins; unrounded) and two paired t-tests: over (run, row)
     pairs, the paper's "across runs and tasks" (SPEC section 5), and over trained units, the conservative one."""
     out = {"a": a, "b": b}
-    for key in ("acc", "ece", "ece_paper"):
+    for key in COMPARED:
         pairs, rows = _pairs(tables, a, b, key)
         ties = [math.isclose(r[3], r[4], rel_tol=1e-9, abs_tol=1e-12) for r in rows]
         better = (lambda u, v: u > v) if METRIC[key].higher_better else (lambda u, v: u < v)
@@ -439,7 +443,7 @@ def _adjust_per_table(comparisons: list[dict]) -> None:
     family: dict[tuple, list[dict]] = defaultdict(list)
     for c in comparisons:
         if c["scope"] != "all tables":
-            for key in ("acc", "ece", "ece_paper"):
+            for key in COMPARED:
                 for test in ("ttest", "ttest_units"):
                     family[(c["a"], c["b"], key, test)].append(c[key][test])
     for tests in (t for t in family.values() if len(t) > 1):
@@ -470,7 +474,7 @@ def summary_markdown(summary: dict, rule: str) -> str:
              "paired t-test (trained units) |",
              "|---|---|---|---:|---:|---:|---:|---|---|"]
     for c in summary["comparisons"]:
-        for key in ("acc", "ece", "ece_paper"):
+        for key in COMPARED:
             s = c[key]
             lines.append(f"| {column_title(c['a'])} vs {column_title(c['b'])} | {c['scope']} | {key} | {s['rows']} | "
                          f"{s['wins']} | {s['ties']} | {s['losses']} | {_fmt_test(s['ttest'])} | "
