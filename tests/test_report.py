@@ -674,3 +674,25 @@ def test_selection_regret_measures_accuracy_given_up_against_hindsight():
         assert (r["method"], r["rows"], r["best"]) == ("sft", 2, 2 if lost == 0 else 0)
         assert (r["mean"], r["max"]) == (pytest.approx(lost), pytest.approx(lost))
         assert f"| SFT only | 2 | {r['best']} | {lost:.1f} | {lost:.1f} |" in summary_markdown(s, rule)
+
+
+def test_stage_stops_count_units_at_the_epoch_cap_per_lr_and_stage():
+    from ia2.report import stage_stops, stops_markdown
+
+    def trained(method, lr, run, stops, status="done"):
+        rec = record(method, lr, run, 0.5, 0.5, 0.6, status=status)
+        rec["train"] = {"stages": [{"objective": o, "stopped": how, "epochs": ep} for o, how, ep in stops]}
+        return rec
+
+    recs = [trained("sft", 1e-4, 0, [("ce", "max_epochs", 50)]), trained("sft", 1e-4, 1, [("ce", "patience", 30)]),
+            trained("sft", 1e-3, 0, [("ce", "patience", 10)]),
+            trained("ia2-then-sft", 1e-4, 0, [("ia2", "max_epochs", 50), ("ce", "patience", 20)]),
+            trained("sft", 1e-4, 2, [("ce", "max_epochs", 50)], status="failed"),  # not counted
+            record("icl", None, 0, None, None, 0.6)]  # no training, no row
+    rows = {(r["method"], r["lr"], r["stage"]): r for r in stage_stops(recs)}
+    assert set(rows) == {("sft", 1e-4, 1), ("sft", 1e-3, 1), ("ia2-then-sft", 1e-4, 1), ("ia2-then-sft", 1e-4, 2)}
+    assert (rows["sft", 1e-4, 1]["units"], rows["sft", 1e-4, 1]["at_cap"]) == (2, 1)
+    assert rows["sft", 1e-4, 1]["mean_epochs"] == pytest.approx(40.0)
+    assert (rows["ia2-then-sft", 1e-4, 1]["objective"], rows["ia2-then-sft", 1e-4, 1]["at_cap"]) == ("ia2", 1)
+    assert rows["ia2-then-sft", 1e-4, 2]["at_cap"] == 0
+    assert "| m | IA2 -> SFT | 0.0001 | 2 (ce) | 1 | 0 | 20.0 |" in stops_markdown(stage_stops(recs))

@@ -414,6 +414,35 @@ def compute_spent(records: list[dict]) -> dict:
             "machines": sorted(machines - {""})}
 
 
+def stage_stops(records: list[dict]) -> list[dict]:
+    """How each training stage ended, per model, method, learning rate and stage: at the epoch cap (still
+    improving, or at least not stopped by patience) or by patience. A comparison at a fixed small learning rate is
+    only fair if the baseline was not cut short, so reports show it."""
+    by: dict[tuple, list] = defaultdict(lambda: [0, 0, 0])
+    for rec in records:
+        stages = (rec.get("train") or {}).get("stages") or []
+        if rec.get("status") != "done":
+            continue
+        u = rec["unit"]
+        for i, st in enumerate(stages):
+            cell = by[(u["model"], u["method"], u["lr"], i, st.get("objective"))]
+            cell[0] += 1
+            cell[1] += st.get("stopped") == "max_epochs"
+            cell[2] += st.get("epochs") or 0
+    return [{"model": k[0], "method": k[1], "lr": k[2], "stage": k[3] + 1, "objective": k[4], "units": v[0],
+             "at_cap": v[1], "mean_epochs": v[2] / v[0]}
+            for k, v in sorted(by.items(), key=lambda kv: (kv[0][0], _column_order(kv[0][1]), kv[0][2] or 0, kv[0][3]))]
+
+
+def stops_markdown(stops: list[dict]) -> str:
+    lines = ["Per model, method, learning rate and training stage: units whose stage ran to the epoch cap "
+             "(`max_epochs`) rather than stopping on dev loss (patience), and the mean number of epochs run.", "",
+             "| model | method | lr | stage | units | at the epoch cap | mean epochs |", "|---|---|---:|---|---:|---:|---:|"]
+    lines += [f"| {r['model']} | {column_title(r['method'])} | {'-' if r['lr'] is None else format(r['lr'], 'g')} | {r['stage']} ({r['objective']}) | "
+              f"{r['units']} | {r['at_cap']} | {r['mean_epochs']:.1f} |" for r in stops]
+    return "\n".join(lines) + "\n"
+
+
 def summarise(tables: list[Table], records: list[dict] | None = None) -> dict:
     pairs = [("ia2-then-sft", "sft")]
     if any("sft (ICL labels)" in t.columns and "ia2-then-sft (ICL labels)" in t.columns for t in tables):
@@ -433,7 +462,7 @@ def summarise(tables: list[Table], records: list[dict] | None = None) -> dict:
                    if any(a in t.columns and b in t.columns for t in ts)]
     _adjust_per_table(comparisons)
     return {"comparisons": comparisons, "asim": asim_by_method(tables), "regret": selection_regret(tables),
-            "compute": compute_spent(records or [])}
+            "compute": compute_spent(records or []), "stops": stage_stops(records or [])}
 
 
 def _adjust_per_table(comparisons: list[dict]) -> None:
@@ -679,5 +708,7 @@ def _index(stores: list[Store], records: list[dict], rule: str, files: list[dict
     if filters:
         lines += ["The analyses are `ia2 analyze`'s for the whole store(s); `--only` does not filter them.", ""]
     lines += _analysis_section([s.root for s in stores], out)
+    if summary.get("stops"):
+        lines += ["## Training stages: epoch cap or early stop", "", stops_markdown(summary["stops"])]
     lines += ["## Compute", "", compute_markdown(summary["compute"])]
     return "\n".join(lines) + "\n"
