@@ -41,8 +41,8 @@ def _comparisons(report: str = "overall") -> dict[str, dict]:
 
 
 def _assert_matches(where: str, acc: str, ece: str, tests: str, c: dict) -> None:
-    """Cells "W of R (T tie)" for accuracy and ECE ("-" when there is none) and a text holding "+d pts p = x" for
-    each, against one comparison of the report."""
+    """Cells "W of R (T tie)" for accuracy and ECE ("-" when there is none) and a text holding "+d pts p = x" (or
+    "p < x", a bound that must hold) for each, against one comparison of the report."""
     for cell, key in ((acc, "acc"), (ece, "ece")):
         if cell == "-":
             assert c[key]["rows"] == 0, where
@@ -51,9 +51,23 @@ def _assert_matches(where: str, acc: str, ece: str, tests: str, c: dict) -> None
         assert (wins, rows) == (c[key]["wins"], c[key]["rows"]), f"{where} {key}: doc {cell}"
         ties = re.search(r"\((\d+) tie", cell)
         assert (int(ties.group(1)) if ties else 0) == c[key]["ties"], f"{where} {key} ties: doc {cell}"
-    for (diff, p), key in zip(re.findall(r"([+-][\d.]+)(?: pts)? p = ([\d.]+)", tests.replace("*", "")), ("acc", "ece")):
+    for (diff, op, p), key in zip(re.findall(r"([+-][\d.]+)(?: pts)? p ([=<]) ([\d.]+)", tests.replace("*", "")),
+                                  ("acc", "ece")):
         tt = c[key]["ttest"]
-        assert _close(diff, tt["mean_diff"]) and _close(p, tt["p"]), f"{where} {key}: doc {diff} p={p}, {tt}"
+        assert _close(diff, tt["mean_diff"]), f"{where} {key}: doc {diff}, {tt}"
+        assert (tt["p"] < float(p)) if op == "<" else _close(p, tt["p"]), f"{where} {key}: doc p {op} {p}, {tt}"
+
+
+def _assert_units(where: str, units: str, c: dict) -> None:
+    """The conservative test, one pair per trained unit: "p = x (n = k) / p = y" ("-" where undefined)."""
+    for shown, key in zip(units.replace("*", "").split(" / "), ("acc", "ece")):
+        tt = c[key]["ttest_units"]
+        if shown.strip() == "-":
+            assert tt["p"] != tt["p"], f"{where} {key}: doc '-', report p = {tt['p']}"  # NaN: undefined
+            continue
+        m = re.match(r"p = ([\d.]+)(?: \(n = (\d+)\))?", shown.strip())
+        assert m and _close(m.group(1), tt["p"]), f"{where} {key} by unit: doc {shown!r}, report {tt}"
+        assert m.group(2) is None or int(m.group(2)) == tt["n"], f"{where} {key} by unit: doc {shown!r}, {tt}"
 
 
 def test_where_we_stand_table_matches_the_overall_report():
@@ -65,15 +79,7 @@ def test_where_we_stand_table_matches_the_overall_report():
         scope = f"{MODELS[model]}, {'generative' if fmt == 'gsm8k' else fmt + ' labels'}, N={n}"
         assert scope in comps, f"no comparison for {scope} in the overall report"
         _assert_matches(scope, acc, ece, tests, comps[scope])
-        # the conservative test, one pair per trained unit: "p = x (n = k) / p = y" ("-" where undefined)
-        for shown, key in zip(units.replace("*", "").split(" / "), ("acc", "ece")):
-            tt = comps[scope][key]["ttest_units"]
-            if shown.strip() == "-":
-                assert tt["p"] != tt["p"], f"{scope} {key}: doc '-', report p = {tt['p']}"  # NaN: undefined
-                continue
-            m = re.match(r"p = ([\d.]+)(?: \(n = (\d+)\))?", shown.strip())
-            assert m and _close(m.group(1), tt["p"]), f"{scope} {key} by unit: doc {shown!r}, report {tt}"
-            assert m.group(2) is None or int(m.group(2)) == tt["n"], f"{scope} {key} by unit: doc {shown!r}, {tt}"
+        _assert_units(scope, units, comps[scope])
 
 
 def test_where_we_stand_totals_match_the_overall_report():
@@ -119,24 +125,46 @@ def test_per_rule_totals_match_their_reports():
     assert seen == set(reports), f"rules missing from the per-rule table: {set(reports) - seen}"
 
 
-@pytest.mark.parametrize("section, task, n", [("4b.", "sst2", 8), ("4h.", "finsen", 8), ("4m.", "finsen", 4)])
-def test_per_task_rule_tables_match_their_reports(section, task, n):
-    """4b, 4h and 4m compare IA2 -> SFT with SFT only on one task's rows under each selection rule; their last
-    column ("A / E of R, +d points (p = x ...") reads the per-task report refresh.sh writes for that rule."""
-    rules = {"dev loss": "dev-loss", "dev accuracy": "dev-acc", "evaluation set": "eval"}
+RULES = {"dev loss": "dev-loss", "dev accuracy": "dev-acc", "evaluation set": "eval"}
+
+
+@pytest.mark.parametrize("section, n, prefix, report", [
+    ("4b.", 8, "", "per-task/gemma3-words-n8-sst2-{rule}"),
+    ("4h.", 8, "", "per-task/gemma3-words-n8-finsen-{rule}"),
+    ("4m.", 4, "", "per-task/gemma3-words-n4-finsen-{rule}"),
+    ("4n.", 4, "", "per-task/gemma3-words-n4-sst2-{rule}"),
+    ("4n.", 4, "reference split, ", "ablations/dev-split/grid-reference-{rule}"),
+    ("4n.", 4, "stratified split, ", "ablations/dev-split/grid-stratified-{rule}")])
+def test_per_task_rule_tables_match_their_reports(section, n, prefix, report):
+    """4b, 4h, 4m and 4n compare IA2 -> SFT with SFT only on one task's rows under each selection rule (4n also with
+    each dev split, rows "SPLIT split, RULE"); their last column ("A / E of R (T tie), +d points (p = x ...") reads the
+    report refresh.sh writes for that rule."""
     seen = set()
     for cells in _rows(_section(DOC.read_text(), section)):
-        rule = next((r for r in rules if cells[0].startswith(r)), None)
+        rule = next((r for r in RULES if cells[0].startswith(prefix + r)), None)
         if rule is None:
             continue
-        c = _comparisons(f"per-task/gemma3-words-n{n}-{task}-{rules[rule]}")[f"gemma3-270m, words labels, N={n}"]
-        m = re.match(r"(\d+) / (\d+) of (\d+), ([+-][\d.]+) points \(p ([=<]) ([\d.]+)", cells[-1])
+        c = _comparisons(report.format(rule=RULES[rule]))[f"gemma3-270m, words labels, N={n}"]
+        m = re.match(r"(\d+) / (\d+) of (\d+)(?: \((\d+) tie\))?, ([+-][\d.]+) points \(p ([=<]) ([\d.]+)", cells[-1])
         assert m, f"{section} {rule}: cannot read {cells[-1]!r}"
-        acc_wins, ece_wins, rows, diff, op, p = m.groups()
+        acc_wins, ece_wins, rows, ties, diff, op, p = m.groups()
         assert (int(acc_wins), int(ece_wins)) == (c["acc"]["wins"], c["ece"]["wins"]), f"{section} {rule}"
-        assert int(rows) == c["acc"]["rows"] == c["ece"]["rows"] and c["acc"]["ties"] == 0, f"{section} {rule}"
+        assert int(rows) == c["acc"]["rows"] == c["ece"]["rows"], f"{section} {rule}"
+        assert int(ties or 0) == c["acc"]["ties"], f"{section} {rule}: accuracy ties"
         tt = c["acc"]["ttest"]
         assert _close(diff, tt["mean_diff"]), f"{section} {rule}: doc {diff}, report {tt['mean_diff']}"
         assert (tt["p"] < float(p)) if op == "<" else _close(p, tt["p"]), f"{section} {rule}: doc p {op} {p}, {tt}"
         seen.add(rule)
-    assert seen == set(rules), f"{section}: rules missing from the table: {set(rules) - seen}"
+    assert seen == set(RULES), f"{section} {prefix}: rules missing from the table: {set(RULES) - seen}"
+
+
+def test_fixed_learning_rate_table_matches_the_per_lr_reports():
+    """4o compares IA2 -> SFT with SFT only at each learning rate of the grid (no selection); each row reads the
+    "all tables" comparison of per-lr/gemma3-words-lrLR."""
+    rows = [r for r in _rows(_section(DOC.read_text(), "4o.")) if re.fullmatch(r"\de-\d", r[0])]
+    assert [r[0] for r in rows] == ["1e-4", "3e-4", "1e-3"]
+    for lr, acc, ece, tests, units in rows:
+        c = _comparisons(f"per-lr/gemma3-words-lr{lr}")["all tables"]
+        assert len(re.findall(r" p [=<] ", tests)) == 2, f"{lr}: cannot read {tests!r}"
+        _assert_matches(lr, acc, ece, tests, c)
+        _assert_units(lr, units, c)

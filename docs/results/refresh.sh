@@ -24,14 +24,22 @@ report $R/study/report-devacc $R/study/store --select-on dev-acc  # the third ru
 if [ -d runs/ablation-epochs/records ]; then
   copy_store runs/ablation-epochs $R/ablations/ia2-epochs/store
   report $R/ablations/ia2-epochs/report $R/ablations/ia2-epochs/store
-  # the study's 50-epoch units with the same model, task, N and lr, for comparison
+  # the study's 50-epoch units with the same model, task, N, lr and runs (0-2, the ablation's), for comparison
   report $R/ablations/ia2-epochs/baseline-report $R/study/store --only model=gemma3-270m --only task=sst2 --only n=4 \
-      --only label_format=words --only lr=1e-3
+      --only label_format=words --only lr=1e-3 --only run=0,1,2
 fi
 if [ -d runs/ablation-devsplit/records ]; then
   # same model, task, N and lr as ia2-epochs/baseline-report (the reference split), with a stratified dev split
   copy_store runs/ablation-devsplit $R/ablations/dev-split/store
-  report $R/ablations/dev-split/report $R/ablations/dev-split/store
+  report $R/ablations/dev-split/report $R/ablations/dev-split/store --only lr=1e-3 --only run=0,1,2
+  # 4n: Gemma-3 sst2 words N = 4 over the lr grid with each dev split, under each selection rule, on the runs
+  # the stratified store has complete
+  for rule in dev-loss dev-acc eval; do
+    report $R/ablations/dev-split/grid-stratified-$rule $R/ablations/dev-split/store --only model=gemma3-270m \
+        --only run=0,1,2,3 --select-on $rule --no-plots
+    report $R/ablations/dev-split/grid-reference-$rule $R/study/store --only model=gemma3-270m --only task=sst2 \
+        --only n=4 --only label_format=words --only run=0,1,2,3 --select-on $rule --no-plots
+  done
 fi
 if [ -d runs/ablation-relative/records ]; then
   # the relative IA2 loss beside the study's units of the same settings (the paper's loss): its own columns,
@@ -53,7 +61,7 @@ if [ -d runs/agnews-words-n4/records ]; then
   copy_store runs/agnews-words-n4 $R/agnews-words-n4/store
   report $R/agnews-words-n4/report $R/agnews-words-n4/store
 fi
-# The per-task paired tests REPRODUCTION quotes (4b, 4e, 4h, 4m): one combination's rows alone, under each rule
+# The per-task paired tests REPRODUCTION quotes (4b, 4e, 4h, 4m, 4n): one combination's rows alone, under each rule
 P=$R/per-task
 rm -rf $P
 for rule in dev-loss dev-acc eval; do
@@ -66,6 +74,11 @@ for rule in dev-loss dev-acc eval; do
 done
 report $P/gemma3-words-n8-finsen-runs012 $R/study/store --only model=gemma3-270m --only label_format=words \
     --only n=8 --only task=finsen --only run=0,1,2 --no-plots  # 4h before runs 3-4
+# No selection at all: IA2 -> SFT vs SFT only at each learning rate of the grid, over Gemma-3's four grid cells
+for lr in 1e-4 3e-4 1e-3; do
+  report $R/per-lr/gemma3-words-lr$lr $R/study/store --only model=gemma3-270m --only label_format=words --only lr=$lr \
+      --no-plots
+done
 report $P/qwen-words-n4-sst2 $R/study/store --only model=qwen2.5-coder-0.5b --only label_format=words \
     --only n=4 --only task=sst2 --no-plots
 # Every store of the study as one report (the per model and N summary of docs/REPRODUCTION.md).
