@@ -415,31 +415,34 @@ def compute_spent(records: list[dict]) -> dict:
 
 
 def stage_stops(records: list[dict]) -> list[dict]:
-    """How each training stage ended, per model, method, learning rate and stage: at the epoch cap (still
-    improving, or at least not stopped by patience) or by patience. A comparison at a fixed small learning rate is
-    only fair if the baseline was not cut short, so reports show it."""
+    """How each training stage ended, per model, method, learning rate and stage: at the epoch cap or by patience
+    on dev loss. A comparison at a fixed small learning rate is only fair if the baseline was not cut short, so
+    reports show it."""
     by: dict[tuple, list] = defaultdict(lambda: [0, 0, 0])
     for rec in records:
-        stages = (rec.get("train") or {}).get("stages") or []
         if rec.get("status") != "done":
             continue
         u = rec["unit"]
-        for i, st in enumerate(stages):
+        for i, st in enumerate((rec.get("train") or {}).get("stages") or []):
             cell = by[(u["model"], u["method"], u["lr"], i, st.get("objective"))]
             cell[0] += 1
             cell[1] += st.get("stopped") == "max_epochs"
             cell[2] += st.get("epochs") or 0
     return [{"model": k[0], "method": k[1], "lr": k[2], "stage": k[3] + 1, "objective": k[4], "units": v[0],
              "at_cap": v[1], "mean_epochs": v[2] / v[0]}
-            for k, v in sorted(by.items(), key=lambda kv: (kv[0][0], _column_order(kv[0][1]), kv[0][2] or 0, kv[0][3]))]
+            for k, v in sorted(by.items(), key=lambda kv: (kv[0][0], _column_order(kv[0][1]), kv[0][2] or 0,
+                                                            kv[0][3]))]
 
 
 def stops_markdown(stops: list[dict]) -> str:
     lines = ["Per model, method, learning rate and training stage: units whose stage ran to the epoch cap "
              "(`max_epochs`) rather than stopping on dev loss (patience), and the mean number of epochs run.", "",
-             "| model | method | lr | stage | units | at the epoch cap | mean epochs |", "|---|---|---:|---|---:|---:|---:|"]
-    lines += [f"| {r['model']} | {column_title(r['method'])} | {'-' if r['lr'] is None else format(r['lr'], 'g')} | {r['stage']} ({r['objective']}) | "
-              f"{r['units']} | {r['at_cap']} | {r['mean_epochs']:.1f} |" for r in stops]
+             "| model | method | lr | stage | units | at the epoch cap | mean epochs |",
+             "|---|---|---:|---|---:|---:|---:|"]
+    for r in stops:
+        lr = "-" if r["lr"] is None else format(r["lr"], "g")
+        lines.append(f"| {r['model']} | {column_title(r['method'])} | {lr} | {r['stage']} ({r['objective']}) | "
+                     f"{r['units']} | {r['at_cap']} | {r['mean_epochs']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
