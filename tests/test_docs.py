@@ -40,6 +40,11 @@ def _comparisons(report: str = "overall") -> dict[str, dict]:
     return {c["scope"]: c for c in summary["comparisons"] if (c["a"], c["b"]) == ("ia2-then-sft", "sft")}
 
 
+def _p_agrees(op: str, shown: str, p: float) -> bool:
+    """A doc's "p = x" (rounded as printed) or "p < x" (a bound) against the report's p."""
+    return p < float(shown) if op == "<" else _close(shown, p)
+
+
 def _assert_matches(where: str, acc: str, ece: str, tests: str, c: dict) -> None:
     """Cells "W of R (T tie)" for accuracy and ECE ("-" when there is none) and a text holding "+d pts p = x" (or
     "p < x", a bound that must hold) for each, against one comparison of the report."""
@@ -55,7 +60,7 @@ def _assert_matches(where: str, acc: str, ece: str, tests: str, c: dict) -> None
                                   ("acc", "ece")):
         tt = c[key]["ttest"]
         assert _close(diff, tt["mean_diff"]), f"{where} {key}: doc {diff}, {tt}"
-        assert (tt["p"] < float(p)) if op == "<" else _close(p, tt["p"]), f"{where} {key}: doc p {op} {p}, {tt}"
+        assert _p_agrees(op, p, tt["p"]), f"{where} {key}: doc p {op} {p}, {tt}"
 
 
 def _assert_units(where: str, units: str, c: dict) -> None:
@@ -153,7 +158,7 @@ def test_per_task_rule_tables_match_their_reports(section, n, prefix, report):
         assert int(ties or 0) == c["acc"]["ties"], f"{section} {rule}: accuracy ties"
         tt = c["acc"]["ttest"]
         assert _close(diff, tt["mean_diff"]), f"{section} {rule}: doc {diff}, report {tt['mean_diff']}"
-        assert (tt["p"] < float(p)) if op == "<" else _close(p, tt["p"]), f"{section} {rule}: doc p {op} {p}, {tt}"
+        assert _p_agrees(op, p, tt["p"]), f"{section} {rule}: doc p {op} {p}, {tt}"
         seen.add(rule)
     assert seen == set(RULES), f"{section} {prefix}: rules missing from the table: {set(RULES) - seen}"
 

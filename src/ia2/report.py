@@ -428,10 +428,9 @@ def stage_stops(records: list[dict]) -> list[dict]:
             cell[0] += 1
             cell[1] += st.get("stopped") == "max_epochs"
             cell[2] += st.get("epochs") or 0
-    return [{"model": k[0], "method": k[1], "lr": k[2], "stage": k[3] + 1, "objective": k[4], "units": v[0],
-             "at_cap": v[1], "mean_epochs": v[2] / v[0]}
-            for k, v in sorted(by.items(), key=lambda kv: (kv[0][0], _column_order(kv[0][1]), kv[0][2] or 0,
-                                                            kv[0][3]))]
+    order = sorted(by, key=lambda k: (k[0], _column_order(k[1]), k[2] or 0, k[3]))
+    return [{"model": k[0], "method": k[1], "lr": k[2], "stage": k[3] + 1, "objective": k[4], "units": by[k][0],
+             "at_cap": by[k][1], "mean_epochs": by[k][2] / by[k][0]} for k in order]
 
 
 def stops_markdown(stops: list[dict]) -> str:
