@@ -133,23 +133,27 @@ def test_per_rule_totals_match_their_reports():
 RULES = {"dev loss": "dev-loss", "dev accuracy": "dev-acc", "evaluation set": "eval"}
 
 
-@pytest.mark.parametrize("section, n, prefix, report", [
-    ("4b.", 8, "", "per-task/gemma3-words-n8-sst2-{rule}"),
-    ("4h.", 8, "", "per-task/gemma3-words-n8-finsen-{rule}"),
-    ("4m.", 4, "", "per-task/gemma3-words-n4-finsen-{rule}"),
-    ("4n.", 4, "", "per-task/gemma3-words-n4-sst2-{rule}"),
-    ("4n.", 4, "reference split, ", "ablations/dev-split/grid-reference-{rule}"),
-    ("4n.", 4, "stratified split, ", "ablations/dev-split/grid-stratified-{rule}")])
-def test_per_task_rule_tables_match_their_reports(section, n, prefix, report):
-    """4b, 4h, 4m and 4n compare IA2 -> SFT with SFT only on one task's rows under each selection rule (4n also with
-    each dev split, rows "SPLIT split, RULE"); their last column ("A / E of R (T tie), +d points (p = x ...") reads the
-    report refresh.sh writes for that rule."""
+GEMMA_N4, GEMMA_N8 = "gemma3-270m, words labels, N=4", "gemma3-270m, words labels, N=8"
+
+
+@pytest.mark.parametrize("section, scope, prefix, report", [
+    ("4b.", GEMMA_N8, "", "per-task/gemma3-words-n8-sst2-{rule}"),
+    ("4h.", GEMMA_N8, "", "per-task/gemma3-words-n8-finsen-{rule}"),
+    ("4m.", GEMMA_N4, "", "per-task/gemma3-words-n4-finsen-{rule}"),
+    ("4n.", GEMMA_N4, "", "per-task/gemma3-words-n4-sst2-{rule}"),
+    ("4n.", GEMMA_N4, "reference split, ", "ablations/dev-split/grid-reference-{rule}"),
+    ("4n.", GEMMA_N4, "stratified split, ", "ablations/dev-split/grid-stratified-{rule}"),
+    ("4p.", "smollm2-135m, words labels, N=4", "", "per-task/smollm2-words-n4-agnews-{rule}")])
+def test_per_task_rule_tables_match_their_reports(section, scope, prefix, report):
+    """4b, 4h, 4m, 4n and 4p compare IA2 -> SFT with SFT only on one task's rows under each selection rule (4n also
+    with each dev split, rows "SPLIT split, RULE"); their last column ("A / E of R (T tie), +d points (p = x ...")
+    reads the report refresh.sh writes for that rule."""
     seen = set()
     for cells in _rows(_section(DOC.read_text(), section)):
         rule = next((r for r in RULES if cells[0].startswith(prefix + r)), None)
         if rule is None:
             continue
-        c = _comparisons(report.format(rule=RULES[rule]))[f"gemma3-270m, words labels, N={n}"]
+        c = _comparisons(report.format(rule=RULES[rule]))[scope]
         m = re.match(r"(\d+) / (\d+) of (\d+)(?: \((\d+) tie\))?, ([+-][\d.]+) points \(p ([=<]) ([\d.]+)", cells[-1])
         assert m, f"{section} {rule}: cannot read {cells[-1]!r}"
         acc_wins, ece_wins, rows, ties, diff, op, p = m.groups()
@@ -163,13 +167,17 @@ def test_per_task_rule_tables_match_their_reports(section, n, prefix, report):
     assert seen == set(RULES), f"{section} {prefix}: rules missing from the table: {set(RULES) - seen}"
 
 
-def test_fixed_learning_rate_table_matches_the_per_lr_reports():
-    """4o compares IA2 -> SFT with SFT only at each learning rate of the grid (no selection); each row reads the
-    "all tables" comparison of per-lr/gemma3-words-lrLR."""
-    rows = [r for r in _rows(_section(DOC.read_text(), "4o.")) if re.fullmatch(r"\de-\d", r[0])]
+@pytest.mark.parametrize("section, report", [("4o.", "per-lr/gemma3-words-lr{lr}"),
+                                             ("4p.", "per-lr/smollm2-agnews-words-lr{lr}")])
+def test_fixed_learning_rate_table_matches_the_per_lr_reports(section, report):
+    """4o (Gemma-3) and 4p (SmolLM2) compare IA2 -> SFT with SFT only at each learning rate of the grid (no
+    selection); each row reads the pooled comparison of that learning rate's per-lr report."""
+    rows = [r for r in _rows(_section(DOC.read_text(), section)) if re.fullmatch(r"\de-\d", r[0])]
     assert [r[0] for r in rows] == ["1e-4", "3e-4", "1e-3"]
     for lr, acc, ece, tests, units in rows:
-        c = _comparisons(f"per-lr/gemma3-words-lr{lr}")["all tables"]
+        comps = _comparisons(report.format(lr=lr))
+        assert "all tables" in comps or len(comps) == 1, f"{lr}: several tables but no pooled comparison"
+        c = comps.get("all tables") or next(iter(comps.values()))  # one table: its own comparison is the pool
         assert len(re.findall(r" p [=<] ", tests)) == 2, f"{lr}: cannot read {tests!r}"
         _assert_matches(lr, acc, ece, tests, c)
         _assert_units(lr, units, c)

@@ -57,9 +57,9 @@ if [ -d runs/ablation-capture/records ]; then
       --only model=gemma3-270m --only task=sst2 --only label_format=words --only lr=1e-3 --only run=0,1,2
 fi
 if [ -d runs/agnews-words-n4/records ]; then
-  # SmolLM2-135M agnews words N = 4 (section 3), its own store since before runs/study existed
+  # SmolLM2-135M agnews words N = 4 (section 3, lr 1e-3 only), its own store since before runs/study existed
   copy_store runs/agnews-words-n4 $R/agnews-words-n4/store
-  report $R/agnews-words-n4/report $R/agnews-words-n4/store
+  report $R/agnews-words-n4/report $R/agnews-words-n4/store --only lr=1e-3
 fi
 # The per-task paired tests REPRODUCTION quotes (4b, 4e, 4h, 4m, 4n): one combination's rows alone, under each rule
 P=$R/per-task
@@ -72,12 +72,17 @@ for rule in dev-loss dev-acc eval; do
     done
   done
 done
+for rule in dev-loss dev-acc eval; do  # 4p: SmolLM2 agnews words N = 4 over the grid
+  report $P/smollm2-words-n4-agnews-$rule $R/agnews-words-n4/store --select-on $rule --no-plots
+done
 report $P/gemma3-words-n8-finsen-runs012 $R/study/store --only model=gemma3-270m --only label_format=words \
     --only n=8 --only task=finsen --only run=0,1,2 --no-plots  # 4h before runs 3-4
 # No selection at all: IA2 -> SFT vs SFT only at each learning rate of the grid, over Gemma-3's four grid cells
+# (4o) and over SmolLM2's agnews cell (4p)
 for lr in 1e-4 3e-4 1e-3; do
   report $R/per-lr/gemma3-words-lr$lr $R/study/store --only model=gemma3-270m --only label_format=words --only lr=$lr \
       --no-plots
+  report $R/per-lr/smollm2-agnews-words-lr$lr $R/agnews-words-n4/store --only lr=$lr --no-plots
 done
 report $P/qwen-words-n4-sst2 $R/study/store --only model=qwen2.5-coder-0.5b --only label_format=words \
     --only n=4 --only task=sst2 --no-plots
