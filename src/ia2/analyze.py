@@ -19,7 +19,7 @@ from pathlib import Path
 from . import metrics
 from .errors import IA2Error
 from .io import write_json, write_text
-from .report import _column_order, column_title, load_records, matching_records
+from .report import _column_order, column_title, load_records, lr_text, matching_records
 from .select import unit_setting, variant
 
 
@@ -338,10 +338,6 @@ def _layers_text(layers: list[float]) -> str:
     return " ".join(f"{x:.2f}" for x in layers) if layers else "-"
 
 
-def _lr(x) -> str:
-    return "-" if x is None else f"{x:g}"
-
-
 def asim_markdown(res: dict) -> str:
     lines = ["# Activation similarity with ICL (asim)", "", f"Definition: {res['definition']}.",
              f"Norm ratio: {res['norm_ratio']}.", "",
@@ -349,14 +345,14 @@ def asim_markdown(res: dict) -> str:
              "| model | format | N | source | method | lr | eval rows | asim | norm ratio | per layer |",
              "|---|---|---:|---|---|---:|---:|---:|---:|---|"]
     lines += [f"| {p['model']} | {p['label_format']} | {p['n']} | {p['task']} | {column_title(p['method'])} | "
-              f"{_lr(p['lr'])} | {p['rows']} | {p['asim']:.3f} | {_f(p['norm_ratio'])} | {_layers_text(p['layers'])} |"
+              f"{lr_text(p['lr'])} | {p['rows']} | {p['asim']:.3f} | {_f(p['norm_ratio'])} | {_layers_text(p['layers'])} |"
               for p in res["per_method"]]
     lines += ["", "| model | format | N | source | eval | method | lr | asim (std) | norm ratio | runs | examples "
               "| per layer |", "|---|---|---:|---|---|---|---:|---:|---:|---:|---|---|"]
     for r in res["rows"]:
         cell = f"{r['asim']:.3f}" + (f" ({r['std']:.3f})" if r["std"] is not None else "")
         lines.append(f"| {r['model']} | {r['label_format']} | {r['n']} | {r['task']} | {r['eval_task']} | "
-                     f"{column_title(r['method'])} | {_lr(r['lr'])} | {cell} | {_f(r['norm_ratio'])} | {r['runs']} | "
+                     f"{column_title(r['method'])} | {lr_text(r['lr'])} | {cell} | {_f(r['norm_ratio'])} | {r['runs']} | "
                      f"{','.join(map(str, r['examples']))} ({'/'.join(r['source'])}) | {_layers_text(r['layers'])} |")
     resid = [p for p in res["per_method"] if p.get("resid_layers")]
     if resid:
@@ -366,7 +362,7 @@ def asim_markdown(res: dict) -> str:
                   "residual norm ratio, last layer | KL(ICL ‖ method) | same top-1 | residual cosine per layer |",
                   "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|"]
         lines += [f"| {p['model']} | {p['label_format']} | {p['n']} | {p['task']} | {column_title(p['method'])} | "
-                  f"{_lr(p['lr'])} | {p['asim']:.3f} | {_f(p['resid_last'])} | {_f(p['resid_norm_last'])} | "
+                  f"{lr_text(p['lr'])} | {p['asim']:.3f} | {_f(p['resid_last'])} | {_f(p['resid_norm_last'])} | "
                   f"{_f(p['kl'])} | {_f(p['top1_agree'], 2)} | {_layers_text(p['resid_layers'])} |" for p in resid]
     return "\n".join(lines) + "\n"
 

@@ -433,14 +433,19 @@ def stage_stops(records: list[dict]) -> list[dict]:
              "at_cap": by[k][1], "mean_epochs": by[k][2] / by[k][0]} for k in order]
 
 
+def lr_text(lr: float | None) -> str:
+    """A learning rate as tables print it ("-" for untrained methods)."""
+    return "-" if lr is None else f"{lr:g}"
+
+
 def stops_markdown(stops: list[dict]) -> str:
     lines = ["Per model, method, learning rate and training stage: units whose stage ran to the epoch cap "
              "(`max_epochs`) rather than stopping on dev loss (patience), and the mean number of epochs run.", "",
              "| model | method | lr | stage | units | at the epoch cap | mean epochs |",
              "|---|---|---:|---|---:|---:|---:|"]
     for r in stops:
-        lr = "-" if r["lr"] is None else format(r["lr"], "g")
-        lines.append(f"| {r['model']} | {column_title(r['method'])} | {lr} | {r['stage']} ({r['objective']}) | "
+        lines.append(f"| {r['model']} | {column_title(r['method'])} | {lr_text(r['lr'])} | "
+                     f"{r['stage']} ({r['objective']}) | "
                      f"{r['units']} | {r['at_cap']} | {r['mean_epochs']:.1f} |")
     return "\n".join(lines) + "\n"
 
