@@ -61,7 +61,7 @@ if [ -d runs/agnews-words-n4/records ]; then
   copy_store runs/agnews-words-n4 $R/agnews-words-n4/store
   report $R/agnews-words-n4/report $R/agnews-words-n4/store --only lr=1e-3
 fi
-# The per-task paired tests REPRODUCTION quotes (4b, 4e, 4h, 4m, 4n, 4p): one combination's rows alone, under each rule
+# The per-task paired tests REPRODUCTION quotes (4b, 4e, 4h, 4m, 4n, 4p, 4q): one combination's rows alone, under each rule
 P=$R/per-task
 rm -rf $P
 for rule in dev-loss dev-acc eval; do
@@ -84,8 +84,22 @@ for lr in 1e-4 3e-4 1e-3; do
       --no-plots
   report $R/per-lr/smollm2-agnews-words-lr$lr $R/agnews-words-n4/store --only lr=$lr --no-plots
 done
+# 4e: Qwen2.5-Coder words N = 4 (sst2 and finsen) at lr 1e-3, the rate it was run at before sst2's grid (runs 0-2)
+report $P/qwen-words-n4-lr1e-3 $R/study/store --only model=qwen2.5-coder-0.5b --only label_format=words \
+    --only n=4 --only lr=1e-3 --no-plots
 report $P/qwen-words-n4-sst2 $R/study/store --only model=qwen2.5-coder-0.5b --only label_format=words \
-    --only n=4 --only task=sst2 --no-plots
+    --only n=4 --only task=sst2 --only lr=1e-3 --no-plots  # 4e's sst2 rows alone
+# 4q: Qwen2.5-Coder sst2 words N = 4 over the grid, on the runs the grid has complete (QWEN_GRID_RUNS), under each
+# rule and at each fixed rate
+QWEN_GRID_RUNS=0,1,2
+for rule in dev-loss dev-acc eval; do
+  report $P/qwen-words-n4-sst2-$rule $R/study/store --only model=qwen2.5-coder-0.5b --only label_format=words \
+      --only n=4 --only task=sst2 --only run=$QWEN_GRID_RUNS --select-on $rule --no-plots
+done
+for lr in 1e-4 3e-4 1e-3; do
+  report $R/per-lr/qwen-sst2-words-lr$lr $R/study/store --only model=qwen2.5-coder-0.5b --only label_format=words \
+      --only n=4 --only task=sst2 --only run=$QWEN_GRID_RUNS --only lr=$lr --no-plots
+done
 # Every store of the study as one report (the per model and N summary of docs/REPRODUCTION.md).
 report $R/overall $R/sst2-n4/store $R/agnews-words-n4/store $R/study/store
 # ... and with the two other selection rules (the paper's is the evaluation set), for REPRODUCTION's per-rule totals
