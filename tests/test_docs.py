@@ -172,8 +172,8 @@ def test_per_task_rule_tables_match_their_reports(section, scope, prefix, report
                                              ("4p.", "per-lr/smollm2-agnews-words-lr{lr}"),
                                              ("4q.", "per-lr/qwen-sst2-words-lr{lr}")])
 def test_fixed_learning_rate_table_matches_the_per_lr_reports(section, report):
-    """4o (Gemma-3), 4p (SmolLM2) and 4q (Qwen2.5-Coder) compare IA2 -> SFT with SFT only at each learning rate of the grid (no
-    selection); each row reads the pooled comparison of that learning rate's per-lr report."""
+    """4o (Gemma-3), 4p (SmolLM2) and 4q (Qwen2.5-Coder) compare IA2 -> SFT with SFT only at each learning rate of
+    the grid (no selection); each row reads the pooled comparison of that learning rate's per-lr report."""
     rows = [r for r in _rows(_section(DOC.read_text(), section)) if re.fullmatch(r"\de-\d", r[0])]
     assert [r[0] for r in rows] == ["1e-4", "3e-4", "1e-3"]
     for lr, acc, ece, tests, units in rows:

@@ -61,7 +61,8 @@ if [ -d runs/agnews-words-n4/records ]; then
   copy_store runs/agnews-words-n4 $R/agnews-words-n4/store
   report $R/agnews-words-n4/report $R/agnews-words-n4/store --only lr=1e-3
 fi
-# The per-task paired tests REPRODUCTION quotes (4b, 4e, 4h, 4m, 4n, 4p, 4q): one combination's rows alone, under each rule
+# The per-task paired tests REPRODUCTION quotes (4b, 4e, 4h, 4m, 4n, 4p, 4q): one combination's rows alone, under
+# each rule
 P=$R/per-task
 rm -rf $P
 for rule in dev-loss dev-acc eval; do
