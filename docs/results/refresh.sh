@@ -73,34 +73,30 @@ for rule in dev-loss dev-acc eval; do
     done
   done
 done
-for rule in dev-loss dev-acc eval; do  # 4p: SmolLM2 agnews words N = 4 over the grid
+# 4p: SmolLM2 agnews words N = 4 over the grid; 4q: Qwen2.5-Coder sst2 words N = 4 over the grid, on the runs the
+# grid has complete (QWEN_GRID_RUNS); under each rule here, and at each fixed rate below
+QWEN_GRID_RUNS=0,1,2
+QWEN_SST2_WORDS="--only model=qwen2.5-coder-0.5b --only label_format=words --only n=4 --only task=sst2"
+for rule in dev-loss dev-acc eval; do
   report $P/smollm2-words-n4-agnews-$rule $R/agnews-words-n4/store --select-on $rule --no-plots
+  report $P/qwen-words-n4-sst2-$rule $R/study/store $QWEN_SST2_WORDS --only run=$QWEN_GRID_RUNS --select-on $rule \
+      --no-plots
 done
 report $P/gemma3-words-n8-finsen-runs012 $R/study/store --only model=gemma3-270m --only label_format=words \
     --only n=8 --only task=finsen --only run=0,1,2 --no-plots  # 4h before runs 3-4
 # No selection at all: IA2 -> SFT vs SFT only at each learning rate of the grid, over Gemma-3's four grid cells
-# (4o) and over SmolLM2's agnews cell (4p)
+# (4o), over SmolLM2's agnews cell (4p) and over Qwen2.5-Coder's sst2 cell (4q)
 for lr in 1e-4 3e-4 1e-3; do
   report $R/per-lr/gemma3-words-lr$lr $R/study/store --only model=gemma3-270m --only label_format=words --only lr=$lr \
       --no-plots
   report $R/per-lr/smollm2-agnews-words-lr$lr $R/agnews-words-n4/store --only lr=$lr --no-plots
+  report $R/per-lr/qwen-sst2-words-lr$lr $R/study/store $QWEN_SST2_WORDS --only run=$QWEN_GRID_RUNS --only lr=$lr \
+      --no-plots
 done
 # 4e: Qwen2.5-Coder words N = 4 (sst2 and finsen) at lr 1e-3, the rate it was run at before sst2's grid (runs 0-2)
 report $P/qwen-words-n4-lr1e-3 $R/study/store --only model=qwen2.5-coder-0.5b --only label_format=words \
     --only n=4 --only lr=1e-3 --no-plots
-report $P/qwen-words-n4-sst2 $R/study/store --only model=qwen2.5-coder-0.5b --only label_format=words \
-    --only n=4 --only task=sst2 --only lr=1e-3 --no-plots  # 4e's sst2 rows alone
-# 4q: Qwen2.5-Coder sst2 words N = 4 over the grid, on the runs the grid has complete (QWEN_GRID_RUNS), under each
-# rule and at each fixed rate
-QWEN_GRID_RUNS=0,1,2
-for rule in dev-loss dev-acc eval; do
-  report $P/qwen-words-n4-sst2-$rule $R/study/store --only model=qwen2.5-coder-0.5b --only label_format=words \
-      --only n=4 --only task=sst2 --only run=$QWEN_GRID_RUNS --select-on $rule --no-plots
-done
-for lr in 1e-4 3e-4 1e-3; do
-  report $R/per-lr/qwen-sst2-words-lr$lr $R/study/store --only model=qwen2.5-coder-0.5b --only label_format=words \
-      --only n=4 --only task=sst2 --only run=$QWEN_GRID_RUNS --only lr=$lr --no-plots
-done
+report $P/qwen-words-n4-sst2 $R/study/store $QWEN_SST2_WORDS --only lr=1e-3 --no-plots  # 4e's sst2 rows alone
 # Every store of the study as one report (the per model and N summary of docs/REPRODUCTION.md).
 report $R/overall $R/sst2-n4/store $R/agnews-words-n4/store $R/study/store
 # ... and with the two other selection rules (the paper's is the evaluation set), for REPRODUCTION's per-rule totals
