@@ -141,13 +141,12 @@ GEMMA_N4, GEMMA_N8 = "gemma3-270m, words labels, N=4", "gemma3-270m, words label
     ("4h.", GEMMA_N8, "", "per-task/gemma3-words-n8-finsen-{rule}"),
     ("4m.", GEMMA_N4, "", "per-task/gemma3-words-n4-finsen-{rule}"),
     ("4n.", GEMMA_N4, "", "per-task/gemma3-words-n4-sst2-{rule}"),
-    ("4n.", GEMMA_N4, "reference split, ", "ablations/dev-split/grid-reference-{rule}"),
     ("4n.", GEMMA_N4, "stratified split, ", "ablations/dev-split/grid-stratified-{rule}"),
     ("4p.", "smollm2-135m, words labels, N=4", "", "per-task/smollm2-words-n4-agnews-{rule}"),
     ("4q.", "qwen2.5-coder-0.5b, words labels, N=4", "", "per-task/qwen-words-n4-sst2-{rule}")])
 def test_per_task_rule_tables_match_their_reports(section, scope, prefix, report):
     """4b, 4h, 4m, 4n, 4p and 4q compare IA2 -> SFT with SFT only on one task's rows under each selection rule (4n also
-    with each dev split, rows "SPLIT split, RULE"); their last column ("A / E of R (T tie), +d points (p = x ...")
+    with the stratified dev split, rows "stratified split, RULE"); their last column ("A / E of R (T tie), +d points (p = x ...")
     reads the report refresh.sh writes for that rule."""
     seen = set()
     for cells in _rows(_section(DOC.read_text(), section)):

@@ -32,13 +32,11 @@ if [ -d runs/ablation-devsplit/records ]; then
   # same model, task, N and lr as ia2-epochs/baseline-report (the reference split), with a stratified dev split
   copy_store runs/ablation-devsplit $R/ablations/dev-split/store
   report $R/ablations/dev-split/report $R/ablations/dev-split/store --only lr=1e-3 --only run=0,1,2
-  # 4n: Gemma-3 sst2 words N = 4 over the lr grid with each dev split, under each selection rule, on the runs
-  # the stratified store has complete
+  # 4n: Gemma-3 sst2 words N = 4 over the lr grid with the stratified split, under each selection rule (runs 0-4;
+  # the reference split's side is per-task/gemma3-words-n4-sst2-RULE below)
   for rule in dev-loss dev-acc eval; do
     report $R/ablations/dev-split/grid-stratified-$rule $R/ablations/dev-split/store --only model=gemma3-270m \
-        --only run=0,1,2,3 --select-on $rule --no-plots
-    report $R/ablations/dev-split/grid-reference-$rule $R/study/store --only model=gemma3-270m --only task=sst2 \
-        --only n=4 --only label_format=words --only run=0,1,2,3 --select-on $rule --no-plots
+        --select-on $rule --no-plots
   done
 fi
 if [ -d runs/ablation-relative/records ]; then
