@@ -54,6 +54,11 @@ if [ -d runs/ablation-capture/records ]; then
   report $R/ablations/residual-capture/report $R/study/store $R/ablations/residual-capture/store \
       --only model=gemma3-270m --only task=sst2 --only label_format=words --only lr=1e-3 --only run=0,1,2
 fi
+if [ -d runs/sst2-n4/records ]; then
+  # SmolLM2-135M sst2 digits N = 4 (section 2: lr 1e-3 only; the learning-rate grid resumes into this store)
+  copy_store runs/sst2-n4 $R/sst2-n4/store
+  report $R/sst2-n4/report $R/sst2-n4/store --only lr=1e-3
+fi
 if [ -d runs/agnews-words-n4/records ]; then
   # SmolLM2-135M agnews words N = 4 (section 3, lr 1e-3 only), its own store since before runs/study existed
   copy_store runs/agnews-words-n4 $R/agnews-words-n4/store

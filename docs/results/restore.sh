@@ -11,6 +11,7 @@ restore() {  # restore COMMITTED_STORE RUNS_DIR
   mkdir -p "$(dirname "$2")" && cp -r "$1" "$2" && echo "$1 -> $2"
 }
 restore $R/study/store runs/study
+restore $R/sst2-n4/store runs/sst2-n4
 restore $R/agnews-words-n4/store runs/agnews-words-n4
 restore $R/ablations/ia2-epochs/store runs/ablation-epochs
 restore $R/ablations/dev-split/store runs/ablation-devsplit
