@@ -78,7 +78,7 @@ for rule in dev-loss dev-acc eval; do
 done
 # 4p: SmolLM2 agnews words N = 4 over the grid; 4q: Qwen2.5-Coder sst2 words N = 4 over the grid, on the runs the
 # grid has complete (QWEN_GRID_RUNS); under each rule here, and at each fixed rate below
-QWEN_GRID_RUNS=0,1,2
+QWEN_GRID_RUNS=0,1,2,3,4
 QWEN_SST2_WORDS="--only model=qwen2.5-coder-0.5b --only label_format=words --only n=4 --only task=sst2"
 for rule in dev-loss dev-acc eval; do
   report $P/smollm2-words-n4-agnews-$rule $R/agnews-words-n4/store --select-on $rule --no-plots
