@@ -54,16 +54,14 @@ if [ -d runs/ablation-capture/records ]; then
   report $R/ablations/residual-capture/report $R/study/store $R/ablations/residual-capture/store \
       --only model=gemma3-270m --only task=sst2 --only label_format=words --only lr=1e-3 --only run=0,1,2
 fi
-if [ -d runs/sst2-n4/records ]; then
-  # SmolLM2-135M sst2 digits N = 4 (section 2: lr 1e-3 only; the learning-rate grid resumes into this store)
-  copy_store runs/sst2-n4 $R/sst2-n4/store
-  report $R/sst2-n4/report $R/sst2-n4/store --only lr=1e-3
-fi
-if [ -d runs/agnews-words-n4/records ]; then
-  # SmolLM2-135M agnews words N = 4 (section 3, lr 1e-3 only), its own store since before runs/study existed
-  copy_store runs/agnews-words-n4 $R/agnews-words-n4/store
-  report $R/agnews-words-n4/report $R/agnews-words-n4/store --only lr=1e-3
-fi
+# SmolLM2-135M sst2 digits and agnews words N = 4 (sections 2 and 3), each its own store since before runs/study
+# existed; their reports keep to the lr 1e-3 they were written about while the learning-rate grid resumes into them
+for s in sst2-n4 agnews-words-n4; do
+  if [ -d runs/$s/records ]; then
+    copy_store runs/$s $R/$s/store
+    report $R/$s/report $R/$s/store --only lr=1e-3
+  fi
+done
 # The per-task paired tests REPRODUCTION quotes (4b, 4e, 4h, 4m, 4n, 4p, 4q): one combination's rows alone, under
 # each rule
 P=$R/per-task
@@ -76,13 +74,12 @@ for rule in dev-loss dev-acc eval; do
     done
   done
 done
-# 4p: SmolLM2 agnews words N = 4 over the grid; 4q: Qwen2.5-Coder sst2 words N = 4 over the grid, on the runs the
-# grid has complete (QWEN_GRID_RUNS); under each rule here, and at each fixed rate below
-QWEN_GRID_RUNS=0,1,2,3,4
+# 4p: SmolLM2 agnews words N = 4 over the grid; 4q: Qwen2.5-Coder sst2 words N = 4 over the grid; under each rule
+# here, and at each fixed rate below
 QWEN_SST2_WORDS="--only model=qwen2.5-coder-0.5b --only label_format=words --only n=4 --only task=sst2"
 for rule in dev-loss dev-acc eval; do
   report $P/smollm2-words-n4-agnews-$rule $R/agnews-words-n4/store --select-on $rule --no-plots
-  report $P/qwen-words-n4-sst2-$rule $R/study/store $QWEN_SST2_WORDS --only run=$QWEN_GRID_RUNS --select-on $rule \
+  report $P/qwen-words-n4-sst2-$rule $R/study/store $QWEN_SST2_WORDS --select-on $rule \
       --no-plots
 done
 report $P/gemma3-words-n8-finsen-runs012 $R/study/store --only model=gemma3-270m --only label_format=words \
@@ -93,7 +90,7 @@ for lr in 1e-4 3e-4 1e-3; do
   report $R/per-lr/gemma3-words-lr$lr $R/study/store --only model=gemma3-270m --only label_format=words --only lr=$lr \
       --no-plots
   report $R/per-lr/smollm2-agnews-words-lr$lr $R/agnews-words-n4/store --only lr=$lr --no-plots
-  report $R/per-lr/qwen-sst2-words-lr$lr $R/study/store $QWEN_SST2_WORDS --only run=$QWEN_GRID_RUNS --only lr=$lr \
+  report $R/per-lr/qwen-sst2-words-lr$lr $R/study/store $QWEN_SST2_WORDS --only lr=$lr \
       --no-plots
 done
 # 4e: Qwen2.5-Coder words N = 4 (sst2 and finsen) at lr 1e-3 and runs 0-2, what it was run at before sst2's grid
