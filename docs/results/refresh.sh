@@ -74,18 +74,13 @@ for rule in dev-loss dev-acc eval; do
     done
   done
 done
-# 4p: SmolLM2 agnews words N = 4 over the grid; 4q: Qwen2.5-Coder sst2 words N = 4 over the grid; under each rule
-# here, and at each fixed rate below
+# The other cells with the grid, under each rule here and at each fixed rate below: 4p, SmolLM2 agnews words N = 4;
+# 4q, Qwen2.5-Coder sst2 words N = 4; 4r, SmolLM2's digit-label control (section 2's store); 4s, Gemma-3's
 QWEN_SST2_WORDS="--only model=qwen2.5-coder-0.5b --only label_format=words --only n=4 --only task=sst2"
-for rule in dev-loss dev-acc eval; do
-  report $P/smollm2-words-n4-agnews-$rule $R/agnews-words-n4/store --select-on $rule --no-plots
-  report $P/qwen-words-n4-sst2-$rule $R/study/store $QWEN_SST2_WORDS --select-on $rule \
-      --no-plots
-done
-# 4r: SmolLM2's digit-label control over the grid (section 2's store); 4s: Gemma-3's (the study's); under each rule
-# here, and at each fixed rate below
 GEMMA_SST2_DIGITS="--only model=gemma3-270m --only label_format=digits --only n=4 --only task=sst2"
 for rule in dev-loss dev-acc eval; do
+  report $P/smollm2-words-n4-agnews-$rule $R/agnews-words-n4/store --select-on $rule --no-plots
+  report $P/qwen-words-n4-sst2-$rule $R/study/store $QWEN_SST2_WORDS --select-on $rule --no-plots
   report $P/smollm2-digits-n4-sst2-$rule $R/sst2-n4/store --select-on $rule --no-plots
   report $P/gemma3-digits-n4-sst2-$rule $R/study/store $GEMMA_SST2_DIGITS --select-on $rule --no-plots
 done
@@ -97,8 +92,7 @@ for lr in 1e-4 3e-4 1e-3; do
   report $R/per-lr/gemma3-words-lr$lr $R/study/store --only model=gemma3-270m --only label_format=words --only lr=$lr \
       --no-plots
   report $R/per-lr/smollm2-agnews-words-lr$lr $R/agnews-words-n4/store --only lr=$lr --no-plots
-  report $R/per-lr/qwen-sst2-words-lr$lr $R/study/store $QWEN_SST2_WORDS --only lr=$lr \
-      --no-plots
+  report $R/per-lr/qwen-sst2-words-lr$lr $R/study/store $QWEN_SST2_WORDS --only lr=$lr --no-plots
   report $R/per-lr/smollm2-sst2-digits-lr$lr $R/sst2-n4/store --only lr=$lr --no-plots
   report $R/per-lr/gemma3-sst2-digits-lr$lr $R/study/store $GEMMA_SST2_DIGITS --only lr=$lr --no-plots
 done
