@@ -146,9 +146,10 @@ GEMMA_N4, GEMMA_N8 = "gemma3-270m, words labels, N=4", "gemma3-270m, words label
     ("4q.", "qwen2.5-coder-0.5b, words labels, N=4", "", "per-task/qwen-words-n4-sst2-{rule}"),
     ("4r.", "smollm2-135m, digits labels, N=4", "", "per-task/smollm2-digits-n4-sst2-{rule}"),
     ("4s.", "gemma3-270m, digits labels, N=4", "", "per-task/gemma3-digits-n4-sst2-{rule}"),
-    ("4t.", "qwen2.5-coder-0.5b, words labels, N=4", "", "per-task/qwen-words-n4-finsen-{rule}")])
+    ("4t.", "qwen2.5-coder-0.5b, words labels, N=4", "", "per-task/qwen-words-n4-finsen-{rule}"),
+    ("4u.", "qwen2.5-coder-0.5b, digits labels, N=4", "", "per-task/qwen-digits-n4-sst2-{rule}")])
 def test_per_task_rule_tables_match_their_reports(section, scope, prefix, report):
-    """4b, 4h, 4m, 4n and 4p-4t compare IA2 -> SFT with SFT only on one task's rows under each selection rule (4n also
+    """4b, 4h, 4m, 4n and 4p-4u compare IA2 -> SFT with SFT only on one task's rows under each selection rule (4n also
     with the stratified dev split, rows "stratified split, RULE"); their last column ("A / E of R (T tie), +d points (p = x ...")
     reads the report refresh.sh writes for that rule."""
     seen = set()
@@ -175,9 +176,10 @@ def test_per_task_rule_tables_match_their_reports(section, scope, prefix, report
                                              ("4q.", "per-lr/qwen-sst2-words-lr{lr}"),
                                              ("4r.", "per-lr/smollm2-sst2-digits-lr{lr}"),
                                              ("4s.", "per-lr/gemma3-sst2-digits-lr{lr}"),
-                                             ("4t.", "per-lr/qwen-finsen-words-lr{lr}")])
+                                             ("4t.", "per-lr/qwen-finsen-words-lr{lr}"),
+                                             ("4u.", "per-lr/qwen-sst2-digits-lr{lr}")])
 def test_fixed_learning_rate_table_matches_the_per_lr_reports(section, report):
-    """4o and 4s (Gemma-3), 4p and 4r (SmolLM2) and 4q and 4t (Qwen2.5-Coder) compare IA2 -> SFT with SFT only at each learning rate of
+    """4o and 4s (Gemma-3), 4p and 4r (SmolLM2) and 4q, 4t and 4u (Qwen2.5-Coder) compare IA2 -> SFT with SFT only at each learning rate of
     the grid (no selection); each row reads the pooled comparison of that learning rate's per-lr report."""
     rows = [r for r in _rows(_section(DOC.read_text(), section)) if re.fullmatch(r"\de-\d", r[0])]
     assert [r[0] for r in rows] == ["1e-4", "3e-4", "1e-3"]

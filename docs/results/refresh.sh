@@ -62,7 +62,7 @@ for s in sst2-n4 agnews-words-n4; do
     report $R/$s/report $R/$s/store --only lr=1e-3
   fi
 done
-# The per-task paired tests REPRODUCTION quotes (4b, 4e, 4h, 4m, 4n, 4p, 4q, 4r, 4s, 4t): one combination's rows alone, under
+# The per-task paired tests REPRODUCTION quotes (4b, 4e, 4h, 4m, 4n, 4p, 4q, 4r, 4s, 4t, 4u): one combination's rows alone, under
 # each rule
 P=$R/per-task
 rm -rf $P
@@ -76,22 +76,24 @@ for rule in dev-loss dev-acc eval; do
 done
 # The other cells with the grid, under each rule here and at each fixed rate below: 4p, SmolLM2 agnews words N = 4;
 # 4q, Qwen2.5-Coder sst2 words N = 4; 4r, SmolLM2's digit-label control (section 2's store); 4s, Gemma-3's;
-# 4t, Qwen2.5-Coder finsen words N = 4
+# 4t, Qwen2.5-Coder finsen words N = 4; 4u, Qwen2.5-Coder's digit-label control
 QWEN_SST2_WORDS="--only model=qwen2.5-coder-0.5b --only label_format=words --only n=4 --only task=sst2"
 QWEN_FINSEN_WORDS="--only model=qwen2.5-coder-0.5b --only label_format=words --only n=4 --only task=finsen"
 GEMMA_SST2_DIGITS="--only model=gemma3-270m --only label_format=digits --only n=4 --only task=sst2"
+QWEN_SST2_DIGITS="--only model=qwen2.5-coder-0.5b --only label_format=digits --only n=4 --only task=sst2"
 for rule in dev-loss dev-acc eval; do
   report $P/smollm2-words-n4-agnews-$rule $R/agnews-words-n4/store --select-on $rule --no-plots
   report $P/qwen-words-n4-sst2-$rule $R/study/store $QWEN_SST2_WORDS --select-on $rule --no-plots
   report $P/smollm2-digits-n4-sst2-$rule $R/sst2-n4/store --select-on $rule --no-plots
   report $P/gemma3-digits-n4-sst2-$rule $R/study/store $GEMMA_SST2_DIGITS --select-on $rule --no-plots
   report $P/qwen-words-n4-finsen-$rule $R/study/store $QWEN_FINSEN_WORDS --select-on $rule --no-plots
+  report $P/qwen-digits-n4-sst2-$rule $R/study/store $QWEN_SST2_DIGITS --select-on $rule --no-plots
 done
 report $P/gemma3-words-n8-finsen-runs012 $R/study/store --only model=gemma3-270m --only label_format=words \
     --only n=8 --only task=finsen --only run=0,1,2 --no-plots  # 4h before runs 3-4
 # No selection at all: IA2 -> SFT vs SFT only at each learning rate of the grid, over Gemma-3's four grid cells
-# (4o), over SmolLM2's agnews cell (4p), over Qwen2.5-Coder's sst2 and finsen cells (4q, 4t) and over the two digit
-# controls (4r, 4s)
+# (4o), over SmolLM2's agnews cell (4p), over Qwen2.5-Coder's sst2 and finsen cells (4q, 4t) and over the three digit
+# controls (4r, 4s, 4u)
 for lr in 1e-4 3e-4 1e-3; do
   report $R/per-lr/gemma3-words-lr$lr $R/study/store --only model=gemma3-270m --only label_format=words --only lr=$lr \
       --no-plots
@@ -100,6 +102,7 @@ for lr in 1e-4 3e-4 1e-3; do
   report $R/per-lr/smollm2-sst2-digits-lr$lr $R/sst2-n4/store --only lr=$lr --no-plots
   report $R/per-lr/gemma3-sst2-digits-lr$lr $R/study/store $GEMMA_SST2_DIGITS --only lr=$lr --no-plots
   report $R/per-lr/qwen-finsen-words-lr$lr $R/study/store $QWEN_FINSEN_WORDS --only lr=$lr --no-plots
+  report $R/per-lr/qwen-sst2-digits-lr$lr $R/study/store $QWEN_SST2_DIGITS --only lr=$lr --no-plots
   # 4t without run 0, whose IA2 -> SFT SFT stage never fits its dev examples: how much of the reversal is that run
   report $R/per-lr/qwen-finsen-words-runs12-lr$lr $R/study/store $QWEN_FINSEN_WORDS --only lr=$lr --only run=1,2 --no-plots
 done
@@ -107,6 +110,8 @@ done
 report $P/qwen-words-n4-lr1e-3 $R/study/store --only model=qwen2.5-coder-0.5b --only label_format=words \
     --only n=4 --only lr=1e-3 --only run=0,1,2 --no-plots
 report $P/qwen-words-n4-sst2 $R/study/store $QWEN_SST2_WORDS --only lr=1e-3 --only run=0,1,2 --no-plots  # 4e's sst2 rows
+# Section 4's Qwen2.5-Coder digit rows: lr 1e-3, the rate it was run at before its grid (4u)
+report $P/qwen-digits-n4-sst2-lr1e-3 $R/study/store $QWEN_SST2_DIGITS --only lr=1e-3 --only run=0,1,2 --no-plots
 # Every store of the study as one report (the per model and N summary of docs/REPRODUCTION.md).
 report $R/overall $R/sst2-n4/store $R/agnews-words-n4/store $R/study/store
 # ... and with the two other selection rules (the paper's is the evaluation set), for REPRODUCTION's per-rule totals
