@@ -76,7 +76,7 @@ for rule in dev-loss dev-acc eval; do
 done
 # The other cells with the grid, under each rule here and at each fixed rate below: 4p, SmolLM2 agnews words N = 4;
 # 4q, Qwen2.5-Coder sst2 words N = 4; 4r, SmolLM2's digit-label control (section 2's store); 4s, Gemma-3's;
-# 4t, Qwen2.5-Coder finsen words N = 4; 4u, Qwen2.5-Coder's digit-label control
+# 4t, Qwen2.5-Coder finsen words N = 4; 4u, Qwen2.5-Coder sst2 digits N = 4 (the paper's format, ICL-responsive)
 QWEN_SST2_WORDS="--only model=qwen2.5-coder-0.5b --only label_format=words --only n=4 --only task=sst2"
 QWEN_FINSEN_WORDS="--only model=qwen2.5-coder-0.5b --only label_format=words --only n=4 --only task=finsen"
 GEMMA_SST2_DIGITS="--only model=gemma3-270m --only label_format=digits --only n=4 --only task=sst2"
@@ -92,8 +92,8 @@ done
 report $P/gemma3-words-n8-finsen-runs012 $R/study/store --only model=gemma3-270m --only label_format=words \
     --only n=8 --only task=finsen --only run=0,1,2 --no-plots  # 4h before runs 3-4
 # No selection at all: IA2 -> SFT vs SFT only at each learning rate of the grid, over Gemma-3's four grid cells
-# (4o), over SmolLM2's agnews cell (4p), over Qwen2.5-Coder's sst2 and finsen cells (4q, 4t) and over the three digit
-# controls (4r, 4s, 4u)
+# (4o), over SmolLM2's agnews cell (4p), over Qwen2.5-Coder's sst2 and finsen cells (4q, 4t) and over the three sst2 digit
+# cells (4r and 4s, the controls; 4u)
 for lr in 1e-4 3e-4 1e-3; do
   report $R/per-lr/gemma3-words-lr$lr $R/study/store --only model=gemma3-270m --only label_format=words --only lr=$lr \
       --no-plots
