@@ -103,7 +103,7 @@ for lr in 1e-4 3e-4 1e-3; do
   report $R/per-lr/gemma3-sst2-digits-lr$lr $R/study/store $GEMMA_SST2_DIGITS --only lr=$lr --no-plots
   report $R/per-lr/qwen-finsen-words-lr$lr $R/study/store $QWEN_FINSEN_WORDS --only lr=$lr --no-plots
   report $R/per-lr/qwen-sst2-digits-lr$lr $R/study/store $QWEN_SST2_DIGITS --only lr=$lr --no-plots
-  # 4t without run 0, whose IA2 -> SFT SFT stage never fits its dev examples: how much of the reversal is that run
+  # 4t with runs 1-2 only: without run 0 (its IA2 -> SFT SFT stage never fits its dev examples) and runs 3-4
   report $R/per-lr/qwen-finsen-words-runs12-lr$lr $R/study/store $QWEN_FINSEN_WORDS --only lr=$lr --only run=1,2 --no-plots
 done
 # 4e: Qwen2.5-Coder words N = 4 (sst2 and finsen) at lr 1e-3 and runs 0-2, what it was run at before sst2's grid
