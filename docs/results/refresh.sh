@@ -39,6 +39,28 @@ if [ -d runs/ablation-devsplit/records ]; then
         --select-on $rule --no-plots
   done
 fi
+if [ -d runs/ablation-devsplit-finsen/records ]; then
+  # 4v: 4n's question on Gemma-3 finsen words N = 4 (the grid, the stratified split, its own store), under each
+  # rule, beside the reference split's units of the same complete runs (the study's, section 4m): a run counts
+  # once all 10 of its units (ICL and 9 trained) are done, so the two sides always pair the same runs
+  copy_store runs/ablation-devsplit-finsen $R/ablations/dev-split-finsen/store
+  done_runs=$("${PY:-.venv/bin/python}" - $R/ablations/dev-split-finsen/store/results.jsonl <<'PYEOF'
+import collections, json, sys
+units = collections.defaultdict(set)
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    units[r["run"]].add((r["method"], r["lr"]))
+print(",".join(str(run) for run in sorted(units) if len(units[run]) == 10))
+PYEOF
+)
+  for rule in dev-loss dev-acc eval; do
+    [ -n "$done_runs" ] || break  # no complete run yet: the store is copied, no report
+    report $R/ablations/dev-split-finsen/grid-stratified-$rule $R/ablations/dev-split-finsen/store \
+        --only run=$done_runs --select-on $rule --no-plots
+    report $R/ablations/dev-split-finsen/grid-reference-$rule $R/study/store --only model=gemma3-270m \
+        --only label_format=words --only n=4 --only task=finsen --only run=$done_runs --select-on $rule --no-plots
+  done
+fi
 if [ -d runs/ablation-relative/records ]; then
   # the relative IA2 loss beside the study's units of the same settings (the paper's loss): its own columns,
   # with paired tests against SFT only and against the paper's loss; runs 0-2, the runs the ablation has, so the
