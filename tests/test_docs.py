@@ -150,9 +150,11 @@ GEMMA_N4, GEMMA_N8 = "gemma3-270m, words labels, N=4", "gemma3-270m, words label
     ("4t.", "qwen2.5-coder-0.5b, words labels, N=4", "", "per-task/qwen-words-n4-finsen-{rule}"),
     ("4u.", "qwen2.5-coder-0.5b, digits labels, N=4", "", "per-task/qwen-digits-n4-sst2-{rule}"),
     ("4v.", GEMMA_N4, "reference split, ", "ablations/dev-split-finsen/grid-reference-{rule}"),
-    ("4v.", GEMMA_N4, "stratified split, ", "ablations/dev-split-finsen/grid-stratified-{rule}")])
+    ("4v.", GEMMA_N4, "stratified split, ", "ablations/dev-split-finsen/grid-stratified-{rule}"),
+    ("4w.", "smollm2-135m, words labels, N=4", "reference split, ", "ablations/dev-split-agnews/grid-reference-{rule}"),
+    ("4w.", "smollm2-135m, words labels, N=4", "stratified split, ", "ablations/dev-split-agnews/grid-stratified-{rule}")])
 def test_per_task_rule_tables_match_their_reports(section, scope, prefix, report):
-    """4b, 4h, 4m, 4n and 4p-4v compare IA2 -> SFT with SFT only on one task's rows under each selection rule (4n and 4v
+    """4b, 4h, 4m, 4n and 4p-4w compare IA2 -> SFT with SFT only on one task's rows under each selection rule (4n, 4v and 4w
     also with the stratified dev split, rows "stratified split, RULE"); their last column ("A / E of R (T tie), +d points (p = x ...")
     reads the report refresh.sh writes for that rule."""
     seen = set()

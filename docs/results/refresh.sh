@@ -84,6 +84,17 @@ for s in sst2-n4 agnews-words-n4; do
     report $R/$s/report $R/$s/store --only lr=1e-3
   fi
 done
+if [ -d runs/ablation-devsplit-agnews/records ]; then
+  # 4w: 4v's test on SmolLM2 agnews words N = 4 (4p's cell, the agnews store above): run 1, the one run whose
+  # reference dev set is single-label, under each rule with both splits (ICL does not depend on the split)
+  copy_store runs/ablation-devsplit-agnews $R/ablations/dev-split-agnews/store
+  for rule in dev-loss dev-acc eval; do
+    report $R/ablations/dev-split-agnews/grid-stratified-$rule $R/ablations/dev-split-agnews/store --only run=1 \
+        --select-on $rule --no-plots
+    report $R/ablations/dev-split-agnews/grid-reference-$rule $R/agnews-words-n4/store --only run=1 \
+        --only method=sft,ia2,ia2-then-sft --select-on $rule --no-plots
+  done
+fi
 # The per-task paired tests REPRODUCTION quotes (4b, 4e, 4h, 4m, 4n, 4p, 4q, 4r, 4s, 4t, 4u): one combination's rows alone, under
 # each rule
 P=$R/per-task
