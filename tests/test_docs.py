@@ -135,6 +135,7 @@ RULES = {"dev loss": "dev-loss", "dev accuracy": "dev-acc", "evaluation set": "e
 
 
 GEMMA_N4, GEMMA_N8 = "gemma3-270m, words labels, N=4", "gemma3-270m, words labels, N=8"
+SMOLLM2_WORDS = "smollm2-135m, words labels, N=4"
 
 
 @pytest.mark.parametrize("section, scope, prefix, report", [
@@ -143,7 +144,7 @@ GEMMA_N4, GEMMA_N8 = "gemma3-270m, words labels, N=4", "gemma3-270m, words label
     ("4m.", GEMMA_N4, "", "per-task/gemma3-words-n4-finsen-{rule}"),
     ("4n.", GEMMA_N4, "", "per-task/gemma3-words-n4-sst2-{rule}"),
     ("4n.", GEMMA_N4, "stratified split, ", "ablations/dev-split/grid-stratified-{rule}"),
-    ("4p.", "smollm2-135m, words labels, N=4", "", "per-task/smollm2-words-n4-agnews-{rule}"),
+    ("4p.", SMOLLM2_WORDS, "", "per-task/smollm2-words-n4-agnews-{rule}"),
     ("4q.", "qwen2.5-coder-0.5b, words labels, N=4", "", "per-task/qwen-words-n4-sst2-{rule}"),
     ("4r.", "smollm2-135m, digits labels, N=4", "", "per-task/smollm2-digits-n4-sst2-{rule}"),
     ("4s.", "gemma3-270m, digits labels, N=4", "", "per-task/gemma3-digits-n4-sst2-{rule}"),
@@ -151,8 +152,8 @@ GEMMA_N4, GEMMA_N8 = "gemma3-270m, words labels, N=4", "gemma3-270m, words label
     ("4u.", "qwen2.5-coder-0.5b, digits labels, N=4", "", "per-task/qwen-digits-n4-sst2-{rule}"),
     ("4v.", GEMMA_N4, "reference split, ", "ablations/dev-split-finsen/grid-reference-{rule}"),
     ("4v.", GEMMA_N4, "stratified split, ", "ablations/dev-split-finsen/grid-stratified-{rule}"),
-    ("4w.", "smollm2-135m, words labels, N=4", "reference split, ", "ablations/dev-split-agnews/grid-reference-{rule}"),
-    ("4w.", "smollm2-135m, words labels, N=4", "stratified split, ", "ablations/dev-split-agnews/grid-stratified-{rule}")])
+    ("4w.", SMOLLM2_WORDS, "reference split, ", "ablations/dev-split-agnews/grid-reference-{rule}"),
+    ("4w.", SMOLLM2_WORDS, "stratified split, ", "ablations/dev-split-agnews/grid-stratified-{rule}")])
 def test_per_task_rule_tables_match_their_reports(section, scope, prefix, report):
     """4b, 4h, 4m, 4n and 4p-4w compare IA2 -> SFT with SFT only on one task's rows under each selection rule (4n, 4v and 4w
     also with the stratified dev split, rows "stratified split, RULE"); their last column ("A / E of R (T tie), +d points (p = x ...")

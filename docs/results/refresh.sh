@@ -39,28 +39,22 @@ if [ -d runs/ablation-devsplit/records ]; then
         --select-on $rule --no-plots
   done
 fi
-if [ -d runs/ablation-devsplit-finsen/records ]; then
-  # 4v: 4n's question on Gemma-3 finsen words N = 4 (the grid, the stratified split, its own store), under each
-  # rule, beside the reference split's units of the same complete runs (the study's, section 4m): a run counts
-  # once all 10 of its units (ICL and 9 trained) are done, so the two sides always pair the same runs
-  copy_store runs/ablation-devsplit-finsen $R/ablations/dev-split-finsen/store
-  done_runs=$("${PY:-.venv/bin/python}" - $R/ablations/dev-split-finsen/store/results.jsonl <<'PYEOF'
-import collections, json, sys
-units = collections.defaultdict(set)
-for line in open(sys.argv[1]):
-    r = json.loads(line)
-    units[r["run"]].add((r["method"], r["lr"]))
-print(",".join(str(run) for run in sorted(units) if len(units[run]) == 10))
-PYEOF
-)
+# 4v and 4w test 4n's stratified dev split on one more cell each, in their own stores, on the runs whose reference
+# dev set is single-label (the only ones the split can change; 4v adds run 0 as a check that nothing else does):
+# dev_split_pair NAME RUNS_DIR RUNS REFERENCE_STORE FILTERS... writes both splits' reports under each rule
+dev_split_pair() {
+  local name=$1 runs_dir=$2 runs=$3 ref=$4; shift 4
+  [ -d $runs_dir/records ] || return 0
+  copy_store $runs_dir $R/ablations/$name/store
   for rule in dev-loss dev-acc eval; do
-    [ -n "$done_runs" ] || break  # no complete run yet: the store is copied, no report
-    report $R/ablations/dev-split-finsen/grid-stratified-$rule $R/ablations/dev-split-finsen/store \
-        --only run=$done_runs --select-on $rule --no-plots
-    report $R/ablations/dev-split-finsen/grid-reference-$rule $R/study/store --only model=gemma3-270m \
-        --only label_format=words --only n=4 --only task=finsen --only run=$done_runs --select-on $rule --no-plots
+    report $R/ablations/$name/grid-stratified-$rule $R/ablations/$name/store --only run=$runs --select-on $rule \
+        --no-plots
+    report $R/ablations/$name/grid-reference-$rule $ref "$@" --only run=$runs --select-on $rule --no-plots
   done
-fi
+}
+# 4v: Gemma-3 finsen words N = 4 (4m's cell, the study store)
+dev_split_pair dev-split-finsen runs/ablation-devsplit-finsen 0,3 $R/study/store --only model=gemma3-270m \
+    --only label_format=words --only n=4 --only task=finsen
 if [ -d runs/ablation-relative/records ]; then
   # the relative IA2 loss beside the study's units of the same settings (the paper's loss): its own columns,
   # with paired tests against SFT only and against the paper's loss; runs 0-2, the runs the ablation has, so the
@@ -84,17 +78,9 @@ for s in sst2-n4 agnews-words-n4; do
     report $R/$s/report $R/$s/store --only lr=1e-3
   fi
 done
-if [ -d runs/ablation-devsplit-agnews/records ]; then
-  # 4w: 4v's test on SmolLM2 agnews words N = 4 (4p's cell, the agnews store above): run 1, the one run whose
-  # reference dev set is single-label, under each rule with both splits (ICL does not depend on the split)
-  copy_store runs/ablation-devsplit-agnews $R/ablations/dev-split-agnews/store
-  for rule in dev-loss dev-acc eval; do
-    report $R/ablations/dev-split-agnews/grid-stratified-$rule $R/ablations/dev-split-agnews/store --only run=1 \
-        --select-on $rule --no-plots
-    report $R/ablations/dev-split-agnews/grid-reference-$rule $R/agnews-words-n4/store --only run=1 \
-        --only method=sft,ia2,ia2-then-sft --select-on $rule --no-plots
-  done
-fi
+# 4w: SmolLM2 agnews words N = 4 (4p's cell, the agnews store above; the trained methods, ICL was not re-run)
+dev_split_pair dev-split-agnews runs/ablation-devsplit-agnews 1 $R/agnews-words-n4/store \
+    --only method=sft,ia2,ia2-then-sft
 # The per-task paired tests REPRODUCTION quotes (4b, 4e, 4h, 4m, 4n, 4p, 4q, 4r, 4s, 4t, 4u): one combination's rows alone, under
 # each rule
 P=$R/per-task
