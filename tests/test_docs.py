@@ -138,6 +138,50 @@ GEMMA_N4, GEMMA_N8 = "gemma3-270m, words labels, N=4", "gemma3-270m, words label
 SMOLLM2_WORDS = "smollm2-135m, words labels, N=4"
 
 
+def _lr(value: str) -> str:
+    """0.0003 -> "3e-4", as the docs print learning rates."""
+    mantissa, exponent = f"{float(value):.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _doc_rates(note: str, table: list[dict]) -> list[str] | None:
+    """Each row's rate as a cell's note states it: "1e-3" (every row), "3e-4 / 1e-3" (row by row), "1e-3; 3e-4 on
+    poems\\*" or "3e-4 on sst2; 1e-3" (the named rows differ; "the OOD rows" names those), plus an optional
+    ", a tie"; None when the note gives no rate (evaluation-set rows without one)."""
+    note = note.replace("\\*", "").split(", ")[0]
+    if re.fullmatch(r"\de-\d( / \de-\d)*", note):
+        rates = note.split(" / ")
+        return rates * len(table) if len(rates) == 1 else rates
+    m = (re.fullmatch(r"(?P<base>\de-\d); (?P<other>\de-\d) on (?P<rows>.+)", note)
+         or re.fullmatch(r"(?P<other>\de-\d) on (?P<rows>.+); (?P<base>\de-\d)", note))
+    if not m:
+        return None
+    rows = m["rows"]
+    named = {r["eval_task"] for r in table if r["ood"] == "1"} if rows == "the OOD rows" else set(rows.split(" and "))
+    return [m["other"] if r["eval_task"] in named else m["base"] for r in table]
+
+
+def _assert_selected_accuracies(where: str, cells: list[str], report: str, scope: str) -> None:
+    """Cells "a / b / c (lr)" for SFT only, IA2 only and IA2 -> SFT: each row's mean accuracy under the rule, in the
+    table's row order, and the rate the rule chose for each row as the note in parentheses states it."""
+    model, fmt, n = re.fullmatch(r"(\S+), (\w+) labels, N=(\d+)", scope).groups()
+    with (RESULTS / report / f"table_{model}_{fmt}_N{n}.csv").open() as f:
+        table = [r for r in csv.DictReader(f) if r["metric"] == "acc_pct"]
+    with (RESULTS / report / "selection.csv").open() as f:
+        chosen = [r for r in csv.DictReader(f) if r["chosen"] == "1" and r["model"] == model and r["n"] == n]
+    for cell, method in zip(cells, ("sft", "ia2", "ia2-then-sft")):
+        m = re.fullmatch(r"([\d. /]+?)(?: \((.+)\))?", cell)
+        assert m, f"{where} {method}: cannot read {cell!r}"
+        shown = m.group(1).split(" / ")
+        assert len(shown) == len(table), f"{where} {method}: {len(shown)} accuracies for {len(table)} rows"
+        for value, row in zip(shown, table):
+            assert _close(value, float(row[method])), f"{where} {method} {row['eval_task']}: doc {value}, {row[method]}"
+        stated = _doc_rates(m.group(2) or "", table)
+        rates = [_lr(next(r["lr"] for r in chosen if r["method"] == method and r["eval_task"] == row["eval_task"]))
+                 for row in table]
+        assert stated is None or stated == rates, f"{where} {method}: doc {m.group(2)!r}, report {rates}"
+
+
 @pytest.mark.parametrize("section, scope, prefix, report", [
     ("4b.", GEMMA_N8, "", "per-task/gemma3-words-n8-sst2-{rule}"),
     ("4h.", GEMMA_N8, "", "per-task/gemma3-words-n8-finsen-{rule}"),
@@ -173,6 +217,7 @@ def test_per_task_rule_tables_match_their_reports(section, scope, prefix, report
         tt = c["acc"]["ttest"]
         assert _close(diff, tt["mean_diff"]), f"{section} {rule}: doc {diff}, report {tt['mean_diff']}"
         assert _p_agrees(op, p, tt["p"]), f"{section} {rule}: doc p {op} {p}, {tt}"
+        _assert_selected_accuracies(f"{section} {rule}", cells[1:4], report.format(rule=RULES[rule]), scope)
         seen.add(rule)
     assert seen == set(RULES), f"{section} {prefix}: rules missing from the table: {set(RULES) - seen}"
 
