@@ -118,6 +118,44 @@ def test_holm_sentence_matches_the_overall_report():
         assert _close(shown, smallest), f"{key} {test}: doc {shown}, report {smallest}"
 
 
+def test_asim_sentence_matches_the_overall_report():
+    """"Mean asim ... (mean over the tables s / t / i) in **all K tables**: <model> s / t / i (...), ...": the mean over
+    tables and every table's triple (SFT only / IA2 -> SFT / IA2 only, in any order of tables) read the report."""
+    section = _section(DOC.read_text(), "Where we stand")
+    m = re.search(r"Mean asim.*?\(mean over the tables ([\d.]+) / ([\d.]+) / ([\d.]+)\) in \*\*all (\d+) tables\*\*:"
+                  r"(.*?)\. SFT's updates", section, re.S)
+    assert m, "the asim sentence is missing"
+    tables = [a["means"] for a in json.loads((RESULTS / "overall" / "summary.json").read_text())["asim"]]
+    methods = ("sft", "ia2-then-sft", "ia2")
+    assert int(m.group(4)) == len(tables)
+    assert sum(all(t[a] < t[b] for a, b in zip(methods, methods[1:])) for t in tables) == len(tables), "not ordered"
+    for shown, method in zip(m.group(1, 2, 3), methods):
+        assert _close(shown, sum(t[method] for t in tables) / len(tables)), f"{method}: doc mean {shown}"
+    doc = sorted(tuple(map(float, t)) for t in re.findall(r"([\d.]+)\s*/\s*([\d.]+)\s*/\s*([\d.]+)", m.group(5)))
+    report = sorted(tuple(round(t[k], 2) for k in methods) for t in tables)
+    assert doc == report, f"doc {doc}, report {report}"
+
+
+def test_regret_sentence_matches_the_reports():
+    """"over the R rows with a grid ... dev loss costs IA2 -> SFT a points on average and picks its best rate on b
+    rows, against c for SFT only and d for IA2 only; dev accuracy ... costs IA2 -> SFT e, SFT only f and IA2 only g"."""
+    section = _section(DOC.read_text(), "Where we stand")
+    m = re.search(r"over the (\d+) rows with a grid.*?dev loss costs\s+IA2 -> SFT ([\d.]+) points on average and picks"
+                  r"\s+its\s+best rate on (\d+) rows, against ([\d.]+) for SFT only and ([\d.]+) for IA2 only; dev"
+                  r"\s+accuracy.*?costs\s+IA2 -> SFT ([\d.]+), SFT only ([\d.]+) and IA2 only ([\d.]+) points", section, re.S)
+    assert m, "the regret sentence is missing"
+    rows, loss_t, best_t, loss_s, loss_i, acc_t, acc_s, acc_i = m.groups()
+
+    def regret(report: str) -> dict:
+        return {r["method"]: r for r in json.loads((RESULTS / report / "summary.json").read_text())["regret"]}
+
+    dev_loss, dev_acc = regret("overall"), regret("overall-devacc")
+    assert int(rows) == dev_loss["ia2-then-sft"]["rows"] and int(best_t) == dev_loss["ia2-then-sft"]["best"]
+    for shown, table, method in ((loss_t, dev_loss, "ia2-then-sft"), (loss_s, dev_loss, "sft"), (loss_i, dev_loss, "ia2"),
+                                 (acc_t, dev_acc, "ia2-then-sft"), (acc_s, dev_acc, "sft"), (acc_i, dev_acc, "ia2")):
+        assert _close(shown, table[method]["mean"]), f"{method}: doc {shown}, report {table[method]['mean']}"
+
+
 def test_per_rule_totals_match_their_reports():
     """The table of counts under each selection rule reads the overall report made with that rule."""
     reports = {"dev loss": "overall", "dev accuracy": "overall-devacc", "evaluation set": "overall-eval"}
