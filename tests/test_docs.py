@@ -156,6 +156,14 @@ def test_regret_sentence_matches_the_reports():
         assert _close(shown, table[method]["mean"]), f"{method}: doc {shown}, report {table[method]['mean']}"
 
 
+def test_compute_sentence_matches_the_overall_report():
+    """"Compute for the study stores: K units, H h of unit wall time" reads the overall report's Compute section."""
+    m = re.search(r"Compute for the study stores: ([\d,]+) units, ([\d.]+) h", _section(DOC.read_text(), "Where we stand"))
+    assert m, "the compute sentence is missing"
+    compute = json.loads((RESULTS / "overall" / "summary.json").read_text())["compute"]
+    assert int(m.group(1).replace(",", "")) == compute["units"] and _close(m.group(2), compute["hours"])
+
+
 def test_per_rule_totals_match_their_reports():
     """The table of counts under each selection rule reads the overall report made with that rule."""
     reports = {"dev loss": "overall", "dev accuracy": "overall-devacc", "evaluation set": "overall-eval"}
