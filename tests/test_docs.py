@@ -248,7 +248,7 @@ def _assert_selected_accuracies(where: str, cells: list[str], report: str, scope
 def test_per_task_rule_tables_match_their_reports(section, scope, prefix, report):
     """4b, 4h, 4m, 4n and 4p-4x compare IA2 -> SFT with SFT only on one task's rows under each selection rule (4n, 4v and 4w
     also with the stratified dev split, rows "stratified split, RULE"); their last column ("A / E of R (T tie), +d points (p = x ...")
-    reads the report refresh.sh writes for that rule."""
+    and each method's cell (the selected accuracies and rates) read the report refresh.sh writes for that rule."""
     seen = set()
     for cells in _rows(_section(DOC.read_text(), section)):
         rule = next((r for r in RULES if cells[0].startswith(prefix + r)), None)
