@@ -36,9 +36,12 @@ def _close(shown: str, value: float) -> bool:
     return abs(float(shown) - value) <= 0.5 * 10 ** -decimals + 1e-12
 
 
+def _summary(report: str = "overall") -> dict:
+    return json.loads((RESULTS / report / "summary.json").read_text())
+
+
 def _comparisons(report: str = "overall") -> dict[str, dict]:
-    summary = json.loads((RESULTS / report / "summary.json").read_text())
-    return {c["scope"]: c for c in summary["comparisons"] if (c["a"], c["b"]) == ("ia2-then-sft", "sft")}
+    return {c["scope"]: c for c in _summary(report)["comparisons"] if (c["a"], c["b"]) == ("ia2-then-sft", "sft")}
 
 
 def _p_agrees(op: str, shown: str, p: float) -> bool:
@@ -125,7 +128,7 @@ def test_asim_sentence_matches_the_overall_report():
     m = re.search(r"Mean asim.*?\(mean over the tables ([\d.]+) / ([\d.]+) / ([\d.]+)\) in \*\*all (\d+) tables\*\*:"
                   r"(.*?)\. SFT's updates", section, re.S)
     assert m, "the asim sentence is missing"
-    tables = [a["means"] for a in json.loads((RESULTS / "overall" / "summary.json").read_text())["asim"]]
+    tables = [a["means"] for a in _summary()["asim"]]
     methods = ("sft", "ia2-then-sft", "ia2")
     assert int(m.group(4)) == len(tables)
     assert sum(all(t[a] < t[b] for a, b in zip(methods, methods[1:])) for t in tables) == len(tables), "not ordered"
@@ -145,11 +148,7 @@ def test_regret_sentence_matches_the_reports():
                   r"\s+accuracy.*?costs\s+IA2 -> SFT ([\d.]+), SFT only ([\d.]+) and IA2 only ([\d.]+) points", section, re.S)
     assert m, "the regret sentence is missing"
     rows, loss_t, best_t, loss_s, loss_i, acc_t, acc_s, acc_i = m.groups()
-
-    def regret(report: str) -> dict:
-        return {r["method"]: r for r in json.loads((RESULTS / report / "summary.json").read_text())["regret"]}
-
-    dev_loss, dev_acc = regret("overall"), regret("overall-devacc")
+    dev_loss, dev_acc = ({r["method"]: r for r in _summary(report)["regret"]} for report in ("overall", "overall-devacc"))
     assert int(rows) == dev_loss["ia2-then-sft"]["rows"] and int(best_t) == dev_loss["ia2-then-sft"]["best"]
     for shown, table, method in ((loss_t, dev_loss, "ia2-then-sft"), (loss_s, dev_loss, "sft"), (loss_i, dev_loss, "ia2"),
                                  (acc_t, dev_acc, "ia2-then-sft"), (acc_s, dev_acc, "sft"), (acc_i, dev_acc, "ia2")):
@@ -160,7 +159,7 @@ def test_compute_sentence_matches_the_overall_report():
     """"Compute for the study stores: K units, H h of unit wall time" reads the overall report's Compute section."""
     m = re.search(r"Compute for the study stores: ([\d,]+) units, ([\d.]+) h", _section(DOC.read_text(), "Where we stand"))
     assert m, "the compute sentence is missing"
-    compute = json.loads((RESULTS / "overall" / "summary.json").read_text())["compute"]
+    compute = _summary()["compute"]
     assert int(m.group(1).replace(",", "")) == compute["units"] and _close(m.group(2), compute["hours"])
 
 
