@@ -257,9 +257,10 @@ def _assert_selected_accuracies(where: str, cells: list[str], report: str, scope
     ("4v.", GEMMA_N4, "stratified split, ", "ablations/dev-split-finsen/grid-stratified-{rule}"),
     ("4w.", SMOLLM2_WORDS, "reference split, ", "ablations/dev-split-agnews/grid-reference-{rule}"),
     ("4w.", SMOLLM2_WORDS, "stratified split, ", "ablations/dev-split-agnews/grid-stratified-{rule}"),
-    ("4x.", "smollm2-135m, words labels, N=8", "", "per-task/smollm2-words-n8-agnews-{rule}")])
+    ("4x.", "smollm2-135m, words labels, N=8", "", "per-task/smollm2-words-n8-agnews-{rule}"),
+    ("4y.", "smollm2-135m, digits labels, N=8", "", "per-task/smollm2-digits-n8-sst2-{rule}")])
 def test_per_task_rule_tables_match_their_reports(section, scope, prefix, report):
-    """4b, 4h, 4m, 4n and 4p-4x compare IA2 -> SFT with SFT only on one task's rows under each selection rule (4n, 4v and 4w
+    """4b, 4h, 4m, 4n and 4p-4y compare IA2 -> SFT with SFT only on one task's rows under each selection rule (4n, 4v and 4w
     also with the stratified dev split, rows "stratified split, RULE"); their last column ("A / E of R (T tie), +d points (p = x ...")
     and each method's cell (the selected accuracies and rates) read the report refresh.sh writes for that rule."""
     seen = set()
@@ -289,9 +290,10 @@ def test_per_task_rule_tables_match_their_reports(section, scope, prefix, report
                                              ("4s.", "per-lr/gemma3-sst2-digits-lr{lr}"),
                                              ("4t.", "per-lr/qwen-finsen-words-lr{lr}"),
                                              ("4u.", "per-lr/qwen-sst2-digits-lr{lr}"),
-                                             ("4x.", "per-lr/smollm2-agnews-words-n8-lr{lr}")])
+                                             ("4x.", "per-lr/smollm2-agnews-words-n8-lr{lr}"),
+                                             ("4y.", "per-lr/smollm2-sst2-digits-n8-lr{lr}")])
 def test_fixed_learning_rate_table_matches_the_per_lr_reports(section, report):
-    """4o and 4s (Gemma-3), 4p, 4r and 4x (SmolLM2) and 4q, 4t and 4u (Qwen2.5-Coder) compare IA2 -> SFT with SFT only at each learning rate of
+    """4o and 4s (Gemma-3), 4p, 4r, 4x and 4y (SmolLM2) and 4q, 4t and 4u (Qwen2.5-Coder) compare IA2 -> SFT with SFT only at each learning rate of
     the grid (no selection); each row reads the pooled comparison of that learning rate's per-lr report."""
     rows = [r for r in _rows(_section(DOC.read_text(), section)) if re.fullmatch(r"\de-\d", r[0])]
     assert [r[0] for r in rows] == ["1e-4", "3e-4", "1e-3"]

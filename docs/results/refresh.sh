@@ -81,7 +81,7 @@ done
 # 4w: SmolLM2 agnews words N = 4 (4p's cell, the agnews store above; the trained methods, ICL was not re-run)
 dev_split_pair dev-split-agnews runs/ablation-devsplit-agnews 1 $R/agnews-words-n4/store \
     --only method=sft,ia2,ia2-then-sft
-# The per-task paired tests REPRODUCTION quotes (4b, 4e, 4h, 4m, 4n, 4p, 4q, 4r, 4s, 4t, 4u): one combination's rows alone, under
+# The per-task paired tests REPRODUCTION quotes (4b, 4e, 4h, 4m, 4n, 4p-4u, 4x, 4y): one combination's rows alone, under
 # each rule
 P=$R/per-task
 rm -rf $P
@@ -96,12 +96,13 @@ done
 # The other cells with the grid, under each rule here and at each fixed rate below: 4p, SmolLM2 agnews words N = 4;
 # 4q, Qwen2.5-Coder sst2 words N = 4; 4r, SmolLM2's digit-label control (section 2's store); 4s, Gemma-3's;
 # 4t, Qwen2.5-Coder finsen words N = 4; 4u, Qwen2.5-Coder sst2 digits N = 4 (the paper's format, ICL-responsive);
-# 4x, SmolLM2 agnews words N = 8 (the study store)
+# 4x, SmolLM2 agnews words N = 8 (the study store); 4y, SmolLM2's digit-label control at N = 8 (the study store)
 QWEN_SST2_WORDS="--only model=qwen2.5-coder-0.5b --only label_format=words --only n=4 --only task=sst2"
 QWEN_FINSEN_WORDS="--only model=qwen2.5-coder-0.5b --only label_format=words --only n=4 --only task=finsen"
 GEMMA_SST2_DIGITS="--only model=gemma3-270m --only label_format=digits --only n=4 --only task=sst2"
 QWEN_SST2_DIGITS="--only model=qwen2.5-coder-0.5b --only label_format=digits --only n=4 --only task=sst2"
 SMOLLM2_AGNEWS_N8="--only model=smollm2-135m --only label_format=words --only n=8 --only task=agnews"
+SMOLLM2_SST2_DIGITS_N8="--only model=smollm2-135m --only label_format=digits --only n=8 --only task=sst2"
 for rule in dev-loss dev-acc eval; do
   report $P/smollm2-words-n4-agnews-$rule $R/agnews-words-n4/store --select-on $rule --no-plots
   report $P/qwen-words-n4-sst2-$rule $R/study/store $QWEN_SST2_WORDS --select-on $rule --no-plots
@@ -110,12 +111,13 @@ for rule in dev-loss dev-acc eval; do
   report $P/qwen-words-n4-finsen-$rule $R/study/store $QWEN_FINSEN_WORDS --select-on $rule --no-plots
   report $P/qwen-digits-n4-sst2-$rule $R/study/store $QWEN_SST2_DIGITS --select-on $rule --no-plots
   report $P/smollm2-words-n8-agnews-$rule $R/study/store $SMOLLM2_AGNEWS_N8 --select-on $rule --no-plots
+  report $P/smollm2-digits-n8-sst2-$rule $R/study/store $SMOLLM2_SST2_DIGITS_N8 --select-on $rule --no-plots
 done
 report $P/gemma3-words-n8-finsen-runs012 $R/study/store --only model=gemma3-270m --only label_format=words \
     --only n=8 --only task=finsen --only run=0,1,2 --no-plots  # 4h before runs 3-4
 # No selection at all: IA2 -> SFT vs SFT only at each learning rate of the grid, over Gemma-3's four grid cells
-# (4o), over SmolLM2's agnews cell at N = 4 and 8 (4p, 4x), over Qwen2.5-Coder's sst2 and finsen cells (4q, 4t) and over the three sst2 digit
-# cells (4r and 4s, the controls; 4u)
+# (4o), over SmolLM2's agnews cell at N = 4 and 8 (4p, 4x), over Qwen2.5-Coder's sst2 and finsen cells (4q, 4t) and over the sst2 digit
+# cells (4r, 4s and 4y, the controls; 4u)
 for lr in 1e-4 3e-4 1e-3; do
   report $R/per-lr/gemma3-words-lr$lr $R/study/store --only model=gemma3-270m --only label_format=words --only lr=$lr \
       --no-plots
@@ -126,6 +128,7 @@ for lr in 1e-4 3e-4 1e-3; do
   report $R/per-lr/qwen-finsen-words-lr$lr $R/study/store $QWEN_FINSEN_WORDS --only lr=$lr --no-plots
   report $R/per-lr/qwen-sst2-digits-lr$lr $R/study/store $QWEN_SST2_DIGITS --only lr=$lr --no-plots
   report $R/per-lr/smollm2-agnews-words-n8-lr$lr $R/study/store $SMOLLM2_AGNEWS_N8 --only lr=$lr --no-plots
+  report $R/per-lr/smollm2-sst2-digits-n8-lr$lr $R/study/store $SMOLLM2_SST2_DIGITS_N8 --only lr=$lr --no-plots
   # 4t with runs 1-2 only: without run 0 (its IA2 -> SFT SFT stage never fits its dev examples) and runs 3-4
   report $R/per-lr/qwen-finsen-words-runs12-lr$lr $R/study/store $QWEN_FINSEN_WORDS --only lr=$lr --only run=1,2 --no-plots
 done
