@@ -111,6 +111,8 @@ def _worker(out: str, with_cli: bool) -> None:
         from ia2.cli import main
 
         assert main([*CLI_RUN, "--out", str(Path(out) / "cli")]) == 0
+    distributed.shutdown()  # main() has already ended the group when it ran; a second call is a no-op
+    assert not torch.distributed.is_initialized() and distributed._ACCELERATOR is None
 
 
 def _env() -> dict:
@@ -145,6 +147,7 @@ def test_single_process_has_no_accelerator(monkeypatch):
     with distributed.main_first():
         pass
     assert distributed.agree(True) is True
+    distributed.shutdown()  # no-op
     assert distributed.shard([1, 2, 3, 4], 0, 2) == [1, 2] and distributed.shard([1, 2, 3, 4], 1, 2) == [3, 4]
     assert distributed.shard([9], 1, 2) == [] and distributed.shard([1, 2, 3], 1, 2) == [3]
 

@@ -339,7 +339,10 @@ def main(argv: list[str] | None = None) -> int:
         # CPU processes share the cores; IA2_THREADS overrides (1 is faster on a machine busy with other work).
         threads = int(os.environ.get("IA2_THREADS", 0)) or max(1, (os.cpu_count() or 1) // world_size())
         torch.set_num_threads(threads)
-        return args.fn(args) or 0
+        code = args.fn(args) or 0
+        from .distributed import shutdown
+        shutdown(ok=code == 0)
+        return code
     except IA2Error as e:
         if debug:
             raise
@@ -354,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ia2: internal error: {type(e).__name__}: {_one_line(e)} (run with --debug for the traceback)",
               file=sys.stderr)
         return 1
+    finally:  # after an error: end the process group without the closing barrier (no-op after a success)
+        if "ia2.distributed" in sys.modules:
+            sys.modules["ia2.distributed"].shutdown(ok=False)
 
 
 if __name__ == "__main__":

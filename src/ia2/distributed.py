@@ -96,6 +96,23 @@ def get_accelerator():
     return _ACCELERATOR
 
 
+def shutdown(ok: bool = True) -> None:
+    """End the process group before the interpreter exits (a no-op in one process).
+
+    Left to interpreter teardown, gloo's threads can outlive the process group and abort a rank at exit
+    ("terminate called without an active exception"), which fails a run whose work is done. After a
+    success the ranks first meet at a barrier so none leaves while another still uses the group; after
+    an error they do not (the other ranks may never arrive).
+    """
+    global _ACCELERATOR
+    acc, _ACCELERATOR = _ACCELERATOR, None
+    if acc is None:
+        return
+    if ok:
+        acc.wait_for_everyone()
+    acc.state.destroy_process_group()
+
+
 def sharded() -> bool:
     """True when several processes shard the model (FSDP) instead of each holding a copy (DDP).
 
