@@ -152,6 +152,38 @@ def test_single_process_has_no_accelerator(monkeypatch):
     assert distributed.shard([9], 1, 2) == [] and distributed.shard([1, 2, 3], 1, 2) == [3]
 
 
+class _FakeAccelerator:
+    """Records what ``distributed.shutdown`` does: the closing barrier and the process group's end."""
+
+    def __init__(self):
+        self.calls = []
+        self.state = self
+
+    def wait_for_everyone(self):
+        self.calls.append("barrier")
+
+    def destroy_process_group(self):
+        self.calls.append("destroy")
+
+
+@pytest.mark.parametrize("argv, code, calls", [
+    (["tasks"], 0, ["barrier", "destroy"]),  # success: the ranks meet, then the group ends
+    (["report", "/nonexistent/store"], 2, ["destroy"]),  # a user error: no barrier (other ranks may never arrive)
+])
+def test_cli_ends_the_process_group(monkeypatch, capsys, argv, code, calls):
+    """Every CLI exit ends the process group itself, so no rank aborts in interpreter teardown."""
+    from ia2 import distributed
+    from ia2.cli import main
+
+    fake = _FakeAccelerator()
+    monkeypatch.setattr(distributed, "_ACCELERATOR", fake)
+    monkeypatch.setenv("IA2_THREADS", "1")
+    assert main(argv) == code
+    assert fake.calls == calls and distributed._ACCELERATOR is None
+    distributed.shutdown()  # idempotent
+    assert fake.calls == calls
+
+
 _SINGLE: dict = {}
 
 
