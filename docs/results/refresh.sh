@@ -81,6 +81,9 @@ done
 # 4w: SmolLM2 agnews words N = 4 (4p's cell, the agnews store above; the trained methods, ICL was not re-run)
 dev_split_pair dev-split-agnews runs/ablation-devsplit-agnews 1 $R/agnews-words-n4/store \
     --only method=sft,ia2,ia2-then-sft
+# 4z: Qwen2.5-Coder sst2 words N = 4 (4q's cell, the study store), runs 0, 2 and 4 (the three that can differ)
+dev_split_pair dev-split-qwen runs/ablation-devsplit-qwen 0,2,4 $R/study/store --only model=qwen2.5-coder-0.5b \
+    --only label_format=words --only n=4 --only task=sst2 --only method=sft,ia2,ia2-then-sft
 # The per-task paired tests REPRODUCTION quotes (4b, 4e, 4h, 4m, 4n, 4p-4u, 4x, 4y): one combination's rows alone, under
 # each rule
 P=$R/per-task

@@ -17,6 +17,7 @@ restore $R/ablations/ia2-epochs/store runs/ablation-epochs
 restore $R/ablations/dev-split/store runs/ablation-devsplit
 restore $R/ablations/dev-split-finsen/store runs/ablation-devsplit-finsen
 restore $R/ablations/dev-split-agnews/store runs/ablation-devsplit-agnews
+restore $R/ablations/dev-split-qwen/store runs/ablation-devsplit-qwen
 restore $R/ablations/relative-loss/store runs/ablation-relative
 restore $R/ablations/residual-capture/store runs/ablation-capture
 restore $R/screen-store runs/screen
