@@ -200,6 +200,7 @@ RULES = {"dev loss": "dev-loss", "dev accuracy": "dev-acc", "evaluation set": "e
 
 GEMMA_N4, GEMMA_N8 = "gemma3-270m, words labels, N=4", "gemma3-270m, words labels, N=8"
 SMOLLM2_WORDS = "smollm2-135m, words labels, N=4"
+QWEN_WORDS = "qwen2.5-coder-0.5b, words labels, N=4"
 
 
 def _lr(value: str) -> str:
@@ -253,18 +254,17 @@ def _assert_selected_accuracies(where: str, cells: list[str], report: str, scope
     ("4n.", GEMMA_N4, "", "per-task/gemma3-words-n4-sst2-{rule}"),
     ("4n.", GEMMA_N4, "stratified split, ", "ablations/dev-split/grid-stratified-{rule}"),
     ("4p.", SMOLLM2_WORDS, "", "per-task/smollm2-words-n4-agnews-{rule}"),
-    ("4q.", "qwen2.5-coder-0.5b, words labels, N=4", "", "per-task/qwen-words-n4-sst2-{rule}"),
+    ("4q.", QWEN_WORDS, "", "per-task/qwen-words-n4-sst2-{rule}"),
     ("4r.", "smollm2-135m, digits labels, N=4", "", "per-task/smollm2-digits-n4-sst2-{rule}"),
     ("4s.", "gemma3-270m, digits labels, N=4", "", "per-task/gemma3-digits-n4-sst2-{rule}"),
-    ("4t.", "qwen2.5-coder-0.5b, words labels, N=4", "", "per-task/qwen-words-n4-finsen-{rule}"),
+    ("4t.", QWEN_WORDS, "", "per-task/qwen-words-n4-finsen-{rule}"),
     ("4u.", "qwen2.5-coder-0.5b, digits labels, N=4", "", "per-task/qwen-digits-n4-sst2-{rule}"),
     ("4v.", GEMMA_N4, "reference split, ", "ablations/dev-split-finsen/grid-reference-{rule}"),
     ("4v.", GEMMA_N4, "stratified split, ", "ablations/dev-split-finsen/grid-stratified-{rule}"),
     ("4w.", SMOLLM2_WORDS, "reference split, ", "ablations/dev-split-agnews/grid-reference-{rule}"),
     ("4w.", SMOLLM2_WORDS, "stratified split, ", "ablations/dev-split-agnews/grid-stratified-{rule}"),
-    ("4z.", "qwen2.5-coder-0.5b, words labels, N=4", "reference split, ", "ablations/dev-split-qwen/grid-reference-{rule}"),
-    ("4z.", "qwen2.5-coder-0.5b, words labels, N=4", "stratified split, ",
-     "ablations/dev-split-qwen/grid-stratified-{rule}"),
+    ("4z.", QWEN_WORDS, "reference split, ", "ablations/dev-split-qwen/grid-reference-{rule}"),
+    ("4z.", QWEN_WORDS, "stratified split, ", "ablations/dev-split-qwen/grid-stratified-{rule}"),
     ("4x.", "smollm2-135m, words labels, N=8", "", "per-task/smollm2-words-n8-agnews-{rule}"),
     ("4y.", "smollm2-135m, digits labels, N=8", "", "per-task/smollm2-digits-n8-sst2-{rule}")])
 def test_per_task_rule_tables_match_their_reports(section, scope, prefix, report):

@@ -39,6 +39,8 @@ if [ -d runs/ablation-devsplit/records ]; then
         --select-on $rule --no-plots
   done
 fi
+# one cell's filter, for 4z here and 4q's reports below
+QWEN_SST2_WORDS="--only model=qwen2.5-coder-0.5b --only label_format=words --only n=4 --only task=sst2"
 # 4v and 4w test 4n's stratified dev split on one more cell each, in their own stores, on the runs whose reference
 # dev set is single-label (the only ones the split can change; 4v adds run 0 as a check that nothing else does):
 # dev_split_pair NAME RUNS_DIR RUNS REFERENCE_STORE FILTERS... writes both splits' reports under each rule
@@ -82,8 +84,8 @@ done
 dev_split_pair dev-split-agnews runs/ablation-devsplit-agnews 1 $R/agnews-words-n4/store \
     --only method=sft,ia2,ia2-then-sft
 # 4z: Qwen2.5-Coder sst2 words N = 4 (4q's cell, the study store), runs 0, 2 and 4 (the three that can differ)
-dev_split_pair dev-split-qwen runs/ablation-devsplit-qwen 0,2,4 $R/study/store --only model=qwen2.5-coder-0.5b \
-    --only label_format=words --only n=4 --only task=sst2 --only method=sft,ia2,ia2-then-sft
+dev_split_pair dev-split-qwen runs/ablation-devsplit-qwen 0,2,4 $R/study/store $QWEN_SST2_WORDS \
+    --only method=sft,ia2,ia2-then-sft
 # The per-task paired tests REPRODUCTION quotes (4b, 4e, 4h, 4m, 4n, 4p-4u, 4x, 4y): one combination's rows alone, under
 # each rule
 P=$R/per-task
@@ -100,7 +102,6 @@ done
 # 4q, Qwen2.5-Coder sst2 words N = 4; 4r, SmolLM2's digit-label control (section 2's store); 4s, Gemma-3's;
 # 4t, Qwen2.5-Coder finsen words N = 4; 4u, Qwen2.5-Coder sst2 digits N = 4 (the paper's format, ICL-responsive);
 # 4x, SmolLM2 agnews words N = 8 (the study store); 4y, SmolLM2's digit-label control at N = 8 (the study store)
-QWEN_SST2_WORDS="--only model=qwen2.5-coder-0.5b --only label_format=words --only n=4 --only task=sst2"
 QWEN_FINSEN_WORDS="--only model=qwen2.5-coder-0.5b --only label_format=words --only n=4 --only task=finsen"
 GEMMA_SST2_DIGITS="--only model=gemma3-270m --only label_format=digits --only n=4 --only task=sst2"
 QWEN_SST2_DIGITS="--only model=qwen2.5-coder-0.5b --only label_format=digits --only n=4 --only task=sst2"

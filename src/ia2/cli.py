@@ -327,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ia2: error: {_one_line(e)}", file=sys.stderr)
         return 2
     debug = args.debug or bool(os.environ.get("IA2_DEBUG"))
+    code = None
     try:
         if getattr(args, "accelerate_config", None):  # re-run under accelerate launch (ia2.distributed)
             from .distributed import relaunch
@@ -340,8 +341,6 @@ def main(argv: list[str] | None = None) -> int:
         threads = int(os.environ.get("IA2_THREADS", 0)) or max(1, (os.cpu_count() or 1) // world_size())
         torch.set_num_threads(threads)
         code = args.fn(args) or 0
-        from .distributed import shutdown
-        shutdown(ok=code == 0)
         return code
     except IA2Error as e:
         if debug:
@@ -357,9 +356,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ia2: internal error: {type(e).__name__}: {_one_line(e)} (run with --debug for the traceback)",
               file=sys.stderr)
         return 1
-    finally:  # after an error: end the process group without the closing barrier (no-op after a success)
+    finally:  # end the process group here, the closing barrier only after a success (ia2.distributed.shutdown)
         if "ia2.distributed" in sys.modules:
-            sys.modules["ia2.distributed"].shutdown(ok=False)
+            sys.modules["ia2.distributed"].shutdown(ok=code == 0)
 
 
 if __name__ == "__main__":
