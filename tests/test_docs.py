@@ -201,6 +201,7 @@ RULES = {"dev loss": "dev-loss", "dev accuracy": "dev-acc", "evaluation set": "e
 GEMMA_N4, GEMMA_N8 = "gemma3-270m, words labels, N=4", "gemma3-270m, words labels, N=8"
 SMOLLM2_WORDS = "smollm2-135m, words labels, N=4"
 QWEN_WORDS = "qwen2.5-coder-0.5b, words labels, N=4"
+QWEN_DIGITS = "qwen2.5-coder-0.5b, digits labels, N=4"
 
 
 def _lr(value: str) -> str:
@@ -258,18 +259,20 @@ def _assert_selected_accuracies(where: str, cells: list[str], report: str, scope
     ("4r.", "smollm2-135m, digits labels, N=4", "", "per-task/smollm2-digits-n4-sst2-{rule}"),
     ("4s.", "gemma3-270m, digits labels, N=4", "", "per-task/gemma3-digits-n4-sst2-{rule}"),
     ("4t.", QWEN_WORDS, "", "per-task/qwen-words-n4-finsen-{rule}"),
-    ("4u.", "qwen2.5-coder-0.5b, digits labels, N=4", "", "per-task/qwen-digits-n4-sst2-{rule}"),
+    ("4u.", QWEN_DIGITS, "", "per-task/qwen-digits-n4-sst2-{rule}"),
     ("4v.", GEMMA_N4, "reference split, ", "ablations/dev-split-finsen/grid-reference-{rule}"),
     ("4v.", GEMMA_N4, "stratified split, ", "ablations/dev-split-finsen/grid-stratified-{rule}"),
     ("4w.", SMOLLM2_WORDS, "reference split, ", "ablations/dev-split-agnews/grid-reference-{rule}"),
     ("4w.", SMOLLM2_WORDS, "stratified split, ", "ablations/dev-split-agnews/grid-stratified-{rule}"),
     ("4z.", QWEN_WORDS, "reference split, ", "ablations/dev-split-qwen/grid-reference-{rule}"),
     ("4z.", QWEN_WORDS, "stratified split, ", "ablations/dev-split-qwen/grid-stratified-{rule}"),
+    ("4aa.", QWEN_DIGITS, "reference split, ", "ablations/dev-split-qwen-digits/grid-reference-{rule}"),
+    ("4aa.", QWEN_DIGITS, "stratified split, ", "ablations/dev-split-qwen-digits/grid-stratified-{rule}"),
     ("4x.", "smollm2-135m, words labels, N=8", "", "per-task/smollm2-words-n8-agnews-{rule}"),
     ("4y.", "smollm2-135m, digits labels, N=8", "", "per-task/smollm2-digits-n8-sst2-{rule}")])
 def test_per_task_rule_tables_match_their_reports(section, scope, prefix, report):
-    """4b, 4h, 4m, 4n and 4p-4z compare IA2 -> SFT with SFT only on one task's rows under each selection rule (4n, 4v, 4w
-    and 4z also with the stratified dev split, rows "stratified split, RULE"); their last column ("A / E of R (T tie), +d points (p = x ...")
+    """4b, 4h, 4m, 4n and 4p-4aa compare IA2 -> SFT with SFT only on one task's rows under each selection rule (4n, 4v,
+    4w, 4z and 4aa also with the stratified dev split, rows "stratified split, RULE"); their last column ("A / E of R (T tie), +d points (p = x ...")
     and each method's cell (the selected accuracies and rates) read the report refresh.sh writes for that rule."""
     seen = set()
     for cells in _rows(_section(DOC.read_text(), section)):
