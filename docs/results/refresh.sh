@@ -87,8 +87,8 @@ dev_split_pair dev-split-agnews runs/ablation-devsplit-agnews 1 $R/agnews-words-
 # 4z: Qwen2.5-Coder sst2 words N = 4 (4q's cell, the study store), runs 0, 2 and 4 (the three that can differ)
 dev_split_pair dev-split-qwen runs/ablation-devsplit-qwen 0,2,4 $R/study/store $QWEN_SST2_WORDS \
     --only method=sft,ia2,ia2-then-sft
-# 4aa: the digit-label sst2 cells at N = 4, runs 0, 2 and 4: Qwen2.5-Coder (4u's cell, the study store) and SmolLM2
-# (4r's cell, section 2's store)
+# 4aa and 4ab: the digit-label sst2 cells at N = 4, runs 0, 2 and 4: Qwen2.5-Coder (4u's cell, the study store) and
+# SmolLM2 (4r's cell, section 2's store)
 dev_split_pair dev-split-qwen-digits runs/ablation-devsplit-qwen-digits 0,2,4 $R/study/store $QWEN_SST2_DIGITS \
     --only method=sft,ia2,ia2-then-sft
 dev_split_pair dev-split-smollm2-digits runs/ablation-devsplit-smollm2-digits 0,2,4 $R/sst2-n4/store \

@@ -18,8 +18,8 @@ restore $R/ablations/dev-split/store runs/ablation-devsplit
 restore $R/ablations/dev-split-finsen/store runs/ablation-devsplit-finsen
 restore $R/ablations/dev-split-agnews/store runs/ablation-devsplit-agnews
 restore $R/ablations/dev-split-qwen/store runs/ablation-devsplit-qwen
-[ -d $R/ablations/dev-split-qwen-digits/store ] && restore $R/ablations/dev-split-qwen-digits/store runs/ablation-devsplit-qwen-digits
-[ -d $R/ablations/dev-split-smollm2-digits/store ] && restore $R/ablations/dev-split-smollm2-digits/store runs/ablation-devsplit-smollm2-digits
+restore $R/ablations/dev-split-qwen-digits/store runs/ablation-devsplit-qwen-digits
+restore $R/ablations/dev-split-smollm2-digits/store runs/ablation-devsplit-smollm2-digits
 restore $R/ablations/relative-loss/store runs/ablation-relative
 restore $R/ablations/residual-capture/store runs/ablation-capture
 restore $R/screen-store runs/screen
