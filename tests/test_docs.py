@@ -199,7 +199,7 @@ RULES = {"dev loss": "dev-loss", "dev accuracy": "dev-acc", "evaluation set": "e
 
 
 GEMMA_N4, GEMMA_N8 = "gemma3-270m, words labels, N=4", "gemma3-270m, words labels, N=8"
-SMOLLM2_WORDS = "smollm2-135m, words labels, N=4"
+SMOLLM2_WORDS, SMOLLM2_DIGITS = "smollm2-135m, words labels, N=4", "smollm2-135m, digits labels, N=4"
 QWEN_WORDS = "qwen2.5-coder-0.5b, words labels, N=4"
 QWEN_DIGITS = "qwen2.5-coder-0.5b, digits labels, N=4"
 
@@ -256,7 +256,7 @@ def _assert_selected_accuracies(where: str, cells: list[str], report: str, scope
     ("4n.", GEMMA_N4, "stratified split, ", "ablations/dev-split/grid-stratified-{rule}"),
     ("4p.", SMOLLM2_WORDS, "", "per-task/smollm2-words-n4-agnews-{rule}"),
     ("4q.", QWEN_WORDS, "", "per-task/qwen-words-n4-sst2-{rule}"),
-    ("4r.", "smollm2-135m, digits labels, N=4", "", "per-task/smollm2-digits-n4-sst2-{rule}"),
+    ("4r.", SMOLLM2_DIGITS, "", "per-task/smollm2-digits-n4-sst2-{rule}"),
     ("4s.", "gemma3-270m, digits labels, N=4", "", "per-task/gemma3-digits-n4-sst2-{rule}"),
     ("4t.", QWEN_WORDS, "", "per-task/qwen-words-n4-finsen-{rule}"),
     ("4u.", QWEN_DIGITS, "", "per-task/qwen-digits-n4-sst2-{rule}"),
@@ -268,16 +268,15 @@ def _assert_selected_accuracies(where: str, cells: list[str], report: str, scope
     ("4z.", QWEN_WORDS, "stratified split, ", "ablations/dev-split-qwen/grid-stratified-{rule}"),
     ("4aa.", QWEN_DIGITS, "reference split, ", "ablations/dev-split-qwen-digits/grid-reference-{rule}"),
     ("4aa.", QWEN_DIGITS, "stratified split, ", "ablations/dev-split-qwen-digits/grid-stratified-{rule}"),
-    ("4ab.", "smollm2-135m, digits labels, N=4", "reference split, ",
-     "ablations/dev-split-smollm2-digits/grid-reference-{rule}"),
-    ("4ab.", "smollm2-135m, digits labels, N=4", "stratified split, ",
-     "ablations/dev-split-smollm2-digits/grid-stratified-{rule}"),
+    ("4ab.", SMOLLM2_DIGITS, "reference split, ", "ablations/dev-split-smollm2-digits/grid-reference-{rule}"),
+    ("4ab.", SMOLLM2_DIGITS, "stratified split, ", "ablations/dev-split-smollm2-digits/grid-stratified-{rule}"),
     ("4x.", "smollm2-135m, words labels, N=8", "", "per-task/smollm2-words-n8-agnews-{rule}"),
     ("4y.", "smollm2-135m, digits labels, N=8", "", "per-task/smollm2-digits-n8-sst2-{rule}")])
 def test_per_task_rule_tables_match_their_reports(section, scope, prefix, report):
     """4b, 4h, 4m, 4n and 4p-4ab compare IA2 -> SFT with SFT only on one task's rows under each selection rule (4n, 4v,
-    4w, 4z, 4aa and 4ab also with the stratified dev split, rows "stratified split, RULE"); their last column ("A / E of R (T tie), +d points (p = x ...")
-    and each method's cell (the selected accuracies and rates) read the report refresh.sh writes for that rule."""
+    4w, 4z, 4aa and 4ab also with the stratified dev split, rows "stratified split, RULE"); their last column
+    ("A / E of R (T tie), +d points (p = x ...") and each method's cell (the selected accuracies and rates) read the
+    report refresh.sh writes for that rule."""
     seen = set()
     for cells in _rows(_section(DOC.read_text(), section)):
         rule = next((r for r in RULES if cells[0].startswith(prefix + r)), None)
