@@ -202,6 +202,7 @@ GEMMA_N4, GEMMA_N8 = "gemma3-270m, words labels, N=4", "gemma3-270m, words label
 SMOLLM2_WORDS, SMOLLM2_DIGITS = "smollm2-135m, words labels, N=4", "smollm2-135m, digits labels, N=4"
 QWEN_WORDS = "qwen2.5-coder-0.5b, words labels, N=4"
 QWEN_DIGITS = "qwen2.5-coder-0.5b, digits labels, N=4"
+GEMMA_DIGITS = "gemma3-270m, digits labels, N=4"
 
 
 def _lr(value: str) -> str:
@@ -257,7 +258,7 @@ def _assert_selected_accuracies(where: str, cells: list[str], report: str, scope
     ("4p.", SMOLLM2_WORDS, "", "per-task/smollm2-words-n4-agnews-{rule}"),
     ("4q.", QWEN_WORDS, "", "per-task/qwen-words-n4-sst2-{rule}"),
     ("4r.", SMOLLM2_DIGITS, "", "per-task/smollm2-digits-n4-sst2-{rule}"),
-    ("4s.", "gemma3-270m, digits labels, N=4", "", "per-task/gemma3-digits-n4-sst2-{rule}"),
+    ("4s.", GEMMA_DIGITS, "", "per-task/gemma3-digits-n4-sst2-{rule}"),
     ("4t.", QWEN_WORDS, "", "per-task/qwen-words-n4-finsen-{rule}"),
     ("4u.", QWEN_DIGITS, "", "per-task/qwen-digits-n4-sst2-{rule}"),
     ("4v.", GEMMA_N4, "reference split, ", "ablations/dev-split-finsen/grid-reference-{rule}"),
@@ -270,11 +271,13 @@ def _assert_selected_accuracies(where: str, cells: list[str], report: str, scope
     ("4aa.", QWEN_DIGITS, "stratified split, ", "ablations/dev-split-qwen-digits/grid-stratified-{rule}"),
     ("4ab.", SMOLLM2_DIGITS, "reference split, ", "ablations/dev-split-smollm2-digits/grid-reference-{rule}"),
     ("4ab.", SMOLLM2_DIGITS, "stratified split, ", "ablations/dev-split-smollm2-digits/grid-stratified-{rule}"),
+    ("4ac.", GEMMA_DIGITS, "reference split, ", "ablations/dev-split-gemma3-digits/grid-reference-{rule}"),
+    ("4ac.", GEMMA_DIGITS, "stratified split, ", "ablations/dev-split-gemma3-digits/grid-stratified-{rule}"),
     ("4x.", "smollm2-135m, words labels, N=8", "", "per-task/smollm2-words-n8-agnews-{rule}"),
     ("4y.", "smollm2-135m, digits labels, N=8", "", "per-task/smollm2-digits-n8-sst2-{rule}")])
 def test_per_task_rule_tables_match_their_reports(section, scope, prefix, report):
-    """4b, 4h, 4m, 4n and 4p-4ab compare IA2 -> SFT with SFT only on one task's rows under each selection rule (4n, 4v,
-    4w, 4z, 4aa and 4ab also with the stratified dev split, rows "stratified split, RULE"); their last column
+    """4b, 4h, 4m, 4n and 4p-4ac compare IA2 -> SFT with SFT only on one task's rows under each selection rule (4n, 4v,
+    4w, 4z and 4aa-4ac also with the stratified dev split, rows "stratified split, RULE"); their last column
     ("A / E of R (T tie), +d points (p = x ...") and each method's cell (the selected accuracies and rates) read the
     report refresh.sh writes for that rule."""
     seen = set()

@@ -39,9 +39,10 @@ if [ -d runs/ablation-devsplit/records ]; then
         --select-on $rule --no-plots
   done
 fi
-# two cells' filters, for 4z and 4aa here and 4q's and 4u's reports below
+# three cells' filters, for 4z, 4aa and 4ac here and 4q's, 4u's and 4s's reports below
 QWEN_SST2_WORDS="--only model=qwen2.5-coder-0.5b --only label_format=words --only n=4 --only task=sst2"
 QWEN_SST2_DIGITS="--only model=qwen2.5-coder-0.5b --only label_format=digits --only n=4 --only task=sst2"
+GEMMA_SST2_DIGITS="--only model=gemma3-270m --only label_format=digits --only n=4 --only task=sst2"
 # 4v and 4w test 4n's stratified dev split on one more cell each, in their own stores, on the runs whose reference
 # dev set is single-label (the only ones the split can change; 4v adds run 0 as a check that nothing else does):
 # dev_split_pair NAME RUNS_DIR RUNS REFERENCE_STORE FILTERS... writes both splits' reports under each rule
@@ -87,11 +88,13 @@ dev_split_pair dev-split-agnews runs/ablation-devsplit-agnews 1 $R/agnews-words-
 # 4z: Qwen2.5-Coder sst2 words N = 4 (4q's cell, the study store), runs 0, 2 and 4 (the three that can differ)
 dev_split_pair dev-split-qwen runs/ablation-devsplit-qwen 0,2,4 $R/study/store $QWEN_SST2_WORDS \
     --only method=sft,ia2,ia2-then-sft
-# 4aa and 4ab: the digit-label sst2 cells at N = 4, runs 0, 2 and 4: Qwen2.5-Coder (4u's cell, the study store) and
-# SmolLM2 (4r's cell, section 2's store)
+# 4aa, 4ab and 4ac: the digit-label sst2 cells at N = 4, runs 0, 2 and 4: Qwen2.5-Coder (4u's cell, the study
+# store), SmolLM2 (4r's cell, section 2's store) and Gemma-3 (4s's cell, the study store)
 dev_split_pair dev-split-qwen-digits runs/ablation-devsplit-qwen-digits 0,2,4 $R/study/store $QWEN_SST2_DIGITS \
     --only method=sft,ia2,ia2-then-sft
 dev_split_pair dev-split-smollm2-digits runs/ablation-devsplit-smollm2-digits 0,2,4 $R/sst2-n4/store \
+    --only method=sft,ia2,ia2-then-sft
+dev_split_pair dev-split-gemma3-digits runs/ablation-devsplit-gemma3-digits 0,2,4 $R/study/store $GEMMA_SST2_DIGITS \
     --only method=sft,ia2,ia2-then-sft
 # The per-task paired tests REPRODUCTION quotes (4b, 4e, 4h, 4m, 4n, 4p-4u, 4x, 4y): one combination's rows alone, under
 # each rule
@@ -110,7 +113,6 @@ done
 # 4t, Qwen2.5-Coder finsen words N = 4; 4u, Qwen2.5-Coder sst2 digits N = 4 (the paper's format, ICL-responsive);
 # 4x, SmolLM2 agnews words N = 8 (the study store); 4y, SmolLM2's digit-label control at N = 8 (the study store)
 QWEN_FINSEN_WORDS="--only model=qwen2.5-coder-0.5b --only label_format=words --only n=4 --only task=finsen"
-GEMMA_SST2_DIGITS="--only model=gemma3-270m --only label_format=digits --only n=4 --only task=sst2"
 SMOLLM2_AGNEWS_N8="--only model=smollm2-135m --only label_format=words --only n=8 --only task=agnews"
 SMOLLM2_SST2_DIGITS_N8="--only model=smollm2-135m --only label_format=digits --only n=8 --only task=sst2"
 for rule in dev-loss dev-acc eval; do

@@ -20,6 +20,7 @@ restore $R/ablations/dev-split-agnews/store runs/ablation-devsplit-agnews
 restore $R/ablations/dev-split-qwen/store runs/ablation-devsplit-qwen
 restore $R/ablations/dev-split-qwen-digits/store runs/ablation-devsplit-qwen-digits
 restore $R/ablations/dev-split-smollm2-digits/store runs/ablation-devsplit-smollm2-digits
+restore $R/ablations/dev-split-gemma3-digits/store runs/ablation-devsplit-gemma3-digits
 restore $R/ablations/relative-loss/store runs/ablation-relative
 restore $R/ablations/residual-capture/store runs/ablation-capture
 restore $R/screen-store runs/screen
