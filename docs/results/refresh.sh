@@ -96,7 +96,7 @@ dev_split_pair dev-split-smollm2-digits runs/ablation-devsplit-smollm2-digits 0,
     --only method=sft,ia2,ia2-then-sft
 dev_split_pair dev-split-gemma3-digits runs/ablation-devsplit-gemma3-digits 0,2,4 $R/study/store $GEMMA_SST2_DIGITS \
     --only method=sft,ia2,ia2-then-sft
-# The per-task paired tests REPRODUCTION quotes (4b, 4e, 4h, 4m, 4n, 4p-4u, 4x, 4y): one combination's rows alone, under
+# The per-task paired tests REPRODUCTION quotes (4b, 4e, 4h, 4m, 4n, 4p-4u, 4x, 4y, 4ad): one combination's rows alone, under
 # each rule
 P=$R/per-task
 rm -rf $P
@@ -111,10 +111,12 @@ done
 # The other cells with the grid, under each rule here and at each fixed rate below: 4p, SmolLM2 agnews words N = 4;
 # 4q, Qwen2.5-Coder sst2 words N = 4; 4r, SmolLM2's digit-label control (section 2's store); 4s, Gemma-3's;
 # 4t, Qwen2.5-Coder finsen words N = 4; 4u, Qwen2.5-Coder sst2 digits N = 4 (the paper's format, ICL-responsive);
-# 4x, SmolLM2 agnews words N = 8 (the study store); 4y, SmolLM2's digit-label control at N = 8 (the study store)
+# 4x, SmolLM2 agnews words N = 8 (the study store); 4y, SmolLM2's digit-label control at N = 8 (the study store);
+# 4ad, Qwen2.5-Coder sst2 digits N = 8 (the study store; under each rule only, while it has few runs)
 QWEN_FINSEN_WORDS="--only model=qwen2.5-coder-0.5b --only label_format=words --only n=4 --only task=finsen"
 SMOLLM2_AGNEWS_N8="--only model=smollm2-135m --only label_format=words --only n=8 --only task=agnews"
 SMOLLM2_SST2_DIGITS_N8="--only model=smollm2-135m --only label_format=digits --only n=8 --only task=sst2"
+QWEN_SST2_DIGITS_N8="--only model=qwen2.5-coder-0.5b --only label_format=digits --only n=8 --only task=sst2"
 for rule in dev-loss dev-acc eval; do
   report $P/smollm2-words-n4-agnews-$rule $R/agnews-words-n4/store --select-on $rule --no-plots
   report $P/qwen-words-n4-sst2-$rule $R/study/store $QWEN_SST2_WORDS --select-on $rule --no-plots
@@ -124,6 +126,7 @@ for rule in dev-loss dev-acc eval; do
   report $P/qwen-digits-n4-sst2-$rule $R/study/store $QWEN_SST2_DIGITS --select-on $rule --no-plots
   report $P/smollm2-words-n8-agnews-$rule $R/study/store $SMOLLM2_AGNEWS_N8 --select-on $rule --no-plots
   report $P/smollm2-digits-n8-sst2-$rule $R/study/store $SMOLLM2_SST2_DIGITS_N8 --select-on $rule --no-plots
+  report $P/qwen-digits-n8-sst2-$rule $R/study/store $QWEN_SST2_DIGITS_N8 --select-on $rule --no-plots
 done
 report $P/gemma3-words-n8-finsen-runs012 $R/study/store --only model=gemma3-270m --only label_format=words \
     --only n=8 --only task=finsen --only run=0,1,2 --no-plots  # 4h before runs 3-4
