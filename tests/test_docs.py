@@ -274,9 +274,10 @@ def _assert_selected_accuracies(where: str, cells: list[str], report: str, scope
     ("4ac.", GEMMA_DIGITS, "reference split, ", "ablations/dev-split-gemma3-digits/grid-reference-{rule}"),
     ("4ac.", GEMMA_DIGITS, "stratified split, ", "ablations/dev-split-gemma3-digits/grid-stratified-{rule}"),
     ("4x.", "smollm2-135m, words labels, N=8", "", "per-task/smollm2-words-n8-agnews-{rule}"),
-    ("4y.", "smollm2-135m, digits labels, N=8", "", "per-task/smollm2-digits-n8-sst2-{rule}")])
+    ("4y.", "smollm2-135m, digits labels, N=8", "", "per-task/smollm2-digits-n8-sst2-{rule}"),
+    ("4ad.", "qwen2.5-coder-0.5b, digits labels, N=8", "", "per-task/qwen-digits-n8-sst2-{rule}")])
 def test_per_task_rule_tables_match_their_reports(section, scope, prefix, report):
-    """4b, 4h, 4m, 4n and 4p-4ac compare IA2 -> SFT with SFT only on one task's rows under each selection rule (4n, 4v,
+    """4b, 4h, 4m, 4n and 4p-4ad compare IA2 -> SFT with SFT only on one task's rows under each selection rule (4n, 4v,
     4w, 4z and 4aa-4ac also with the stratified dev split, rows "stratified split, RULE"); their last column
     ("A / E of R (T tie), +d points (p = x ...") and each method's cell (the selected accuracies and rates) read the
     report refresh.sh writes for that rule."""
